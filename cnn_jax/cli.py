@@ -1,0 +1,83 @@
+"""What every cnn_jax command shares: flag parsing and user errors printed without a traceback.
+
+A user mistake (a misspelled `--config.` key, a missing config file, a bad value) ends the command
+with a short message on stderr and exit status 2. Anything else is a bug and keeps its traceback.
+"""
+
+import os
+import re
+import sys
+from typing import Callable
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from cnn_jax.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _innermost_message(error: BaseException) -> str:
+  # ConfigDict wraps a KeyError inside an AttributeError; the readable text is at the bottom.
+  message = error
+  while isinstance(message, BaseException) and message.args:
+    message = message.args[0]
+  return str(message)
+
+
+def _exit_with(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(EXIT_USER_ERROR)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit_with(f'{e}\nPass --helpfull to see every flag.')
+  except (AttributeError, KeyError) as e:  # An override names a key the config does not have.
+    text = _innermost_message(e)
+    bad = re.match(r"'([^']+)'", text)
+    overrides = [a for a in argv[1:] if bad and a.startswith('--config.')
+                 and bad.group(1) in re.split(r'[.=]', a[2:])]
+    where = f' in {overrides[0]}' if overrides else ''
+    hint = text.split('\n', 1)[1].strip() if '\n' in text else ''
+    _exit_with(f"unknown config key {bad.group(1) if bad else text!r}{where}. {hint}\n"
+               'Every key and its meaning is listed in configs/default.py.')
+  return []  # Not reached: _exit_with exits.
+
+
+def load_config(config_flag) -> ml_collections.ConfigDict:
+  """Returns the parsed `--config` value, or exits with a message if it could not be loaded."""
+  try:
+    path = config_flags.get_config_filename(flags.FLAGS[config_flag.name])
+  except Exception:  # pylint: disable=broad-except
+    path = None
+  try:
+    value = config_flag.value
+    if isinstance(value, ml_collections.ConfigDict):
+      return value
+    value.seed  # pylint: disable=pointless-statement  # An _ErrorConfig raises its load error here.
+  except Exception as e:  # pylint: disable=broad-except
+    problem = e
+  else:
+    problem = 'it did not return a ConfigDict from get_config()'
+  if path is not None and not os.path.exists(path.split(':')[0]):
+    _exit_with(f'config file {path.split(":")[0]!r} does not exist; configs live in configs/, '
+               'e.g. --config configs/digits.py')
+  _exit_with(f'could not load the config {path!r}: {problem}')
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """Runs `main(argv)` as an absl app; a UserError it raises becomes a message and exit 2."""
+
+  def guarded_main(argv):
+    # absl's INFO lines (e.g. "Unable to initialize backend 'tpu'") are noise to a user.
+    logging.set_verbosity(logging.WARNING)
+    try:
+      main(argv)
+    except UserError as e:
+      _exit_with(str(e))
+
+  app.run(guarded_main, flags_parser=_parse_flags)

@@ -1,0 +1,95 @@
+"""Checks a config before any work starts, so a mistake costs seconds, not a training run.
+
+Every problem found is reported at once, each naming its key, the bad value and what is allowed.
+"""
+
+import difflib
+import math
+
+import ml_collections
+
+from cnn_jax import models, optim
+from cnn_jax.errors import UserError
+
+DTYPES = ('float32', 'bfloat16')
+
+
+def _suggest(value, allowed) -> str:
+  close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+  return f' (did you mean {close[0]!r}?)' if close else ''
+
+
+def _check_choice(problems, key, value, allowed):
+  if value not in allowed:
+    problems.append(f'config.{key}={value!r} is not one of {", ".join(map(str, allowed))}'
+                    + _suggest(value, allowed))
+
+
+def _check_number(problems, key, value, low=None, high=None, integer=False, low_open=False):
+  kind = 'an integer' if integer else 'a number'
+  if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+    problems.append(f'config.{key}={value!r} must be {kind}')
+  elif not math.isfinite(value):
+    problems.append(f'config.{key}={value!r} must be finite')
+  elif low is not None and (value <= low if low_open else value < low):
+    problems.append(f'config.{key}={value!r} must be {">" if low_open else "≥"} {low}')
+  elif high is not None and value > high:
+    problems.append(f'config.{key}={value!r} must be ≤ {high}')
+
+
+def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> list[str]:
+  """Returns a list of human-readable problems with `config` ([] when it is valid)."""
+  p = []
+  _check_number(p, 'seed', config.seed, integer=True)
+  _check_number(p, 'batch_size', config.batch_size, low=1, integer=True)
+  _check_number(p, 'eval_batch_size', config.eval_batch_size, low=1, integer=True)
+  for key in ('batch_size', 'eval_batch_size'):
+    value = config[key]
+    if isinstance(value, int) and value >= 1 and value % num_devices:
+      p.append(f'config.{key}={value} must be a multiple of the {num_devices} devices in use')
+  _check_number(p, 'num_epochs', config.num_epochs, low=0)
+  _check_number(p, 'num_steps', config.num_steps, low=0, integer=True)
+  if not p and config.num_steps == 0 and config.num_epochs == 0:
+    p.append('config.num_epochs and config.num_steps are both 0: set one to the training length')
+  _check_number(p, 'log_every_steps', config.log_every_steps, low=1, integer=True)
+  _check_number(p, 'eval_every_steps', config.eval_every_steps, low=0, integer=True)
+  _check_number(p, 'label_smoothing', config.label_smoothing, low=0, high=0.999)
+  _check_choice(p, 'dtype', config.dtype, DTYPES)
+  _check_number(p, 'data.image_size', config.data.image_size, low=0, integer=True)
+  opt = config.optimizer
+  _check_choice(p, 'optimizer.name', opt.name, optim.OPTIMIZERS)
+  _check_choice(p, 'optimizer.schedule', opt.schedule, optim.SCHEDULES)
+  _check_number(p, 'optimizer.learning_rate', opt.learning_rate, low=0, low_open=True)
+  _check_number(p, 'optimizer.warmup_steps', opt.warmup_steps, low=0, integer=True)
+  _check_number(p, 'optimizer.momentum', opt.momentum, low=0, high=0.999)
+  _check_number(p, 'optimizer.weight_decay', opt.weight_decay, low=0)
+  _check_number(p, 'optimizer.grad_clip_norm', opt.grad_clip_norm, low=0)
+  p.extend(_model_problems(config.model))
+  return p
+
+
+def _model_problems(model_config) -> list[str]:
+  name = model_config.get('name')
+  if name not in models.MODELS:
+    return [f'config.model.name={name!r} is not one of {", ".join(sorted(models.MODELS))}'
+            + _suggest(name, models.MODELS)]
+  accepted = set(models.model_fields(name)) - {'num_classes', 'dtype'}
+  return [f'config.model.{key} is not a setting of model {name!r}{_suggest(key, accepted)}; '
+          f'it takes: {", ".join(sorted(accepted))}'
+          for key in model_config if key != 'name' and key not in accepted]
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+  """Raises UserError listing every problem in `config`; returns None when it is valid."""
+  problems = config_problems(config, num_devices)
+  if problems:
+    raise UserError('The config has ' + ('a problem' if len(problems) == 1 else
+                                         f'{len(problems)} problems') + ':\n  - '
+                    + '\n  - '.join(problems))
+
+
+def model_kwargs(model_config: ml_collections.ConfigDict) -> dict:
+  """Returns config.model without 'name' as keyword arguments; lists become tuples."""
+  kwargs = model_config.to_dict()
+  kwargs.pop('name', None)
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}

@@ -1,0 +1,75 @@
+"""The in-memory dataset that every source produces, and the metadata a model needs."""
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the rest of the code needs to know about a dataset, without its examples.
+
+  Attributes:
+    name: the dataset's name, e.g. 'digits' or 'mnist'.
+    num_classes: number of labels; logits have this many entries.
+    class_names: human-readable label names, index = label.
+    image_shape: (H, W, C) of the images the model sees, after resizing.
+  """
+  name: str
+  num_classes: int
+  class_names: tuple[str, ...]
+  image_shape: tuple[int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split held in host memory.
+
+  Attributes:
+    images: uint8 or float32 [N, H, W, C], raw pixel values (not yet normalised).
+    labels: int32 [N].
+  """
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __post_init__(self):
+    if len(self.images) != len(self.labels):
+      raise ValueError(f'{len(self.images)} images but {len(self.labels)} labels')
+
+  def __len__(self):
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalizer:
+  """Maps raw pixels to the model's input: `(x / max_value - mean) / std` per channel.
+
+  The statistics are measured on the training split, so every dataset is centred and scaled the
+  same way without a hand-kept table of numbers.
+  """
+  max_value: float
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  @classmethod
+  def fit(cls, images: np.ndarray, max_value: float) -> 'Normalizer':
+    """Measures per-channel mean and std of `images` [N, H, W, C] scaled to [0, 1]."""
+    # A fixed subsample keeps this cheap on large splits; 10k images pin the moments to ~1e-3.
+    sample = images[:: max(1, len(images) // 10_000)].astype(np.float64) / max_value
+    mean = sample.mean(axis=(0, 1, 2))
+    std = np.maximum(sample.std(axis=(0, 1, 2)), 1e-3)  # A constant channel must not divide by 0.
+    return cls(float(max_value), tuple(map(float, mean)), tuple(map(float, std)))
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    """Returns float32 normalised images with the same shape as `images`."""
+    scaled = images.astype(np.float32) / np.float32(self.max_value)
+    return (scaled - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A training split, a held-out split, their metadata and the input normalisation."""
+  info: DatasetInfo
+  train: Split
+  eval: Split
+  normalizer: Normalizer

@@ -1,0 +1,30 @@
+"""Train a CNN: `python -m cnn_jax.main --config configs/digits.py --workdir runs/digits`.
+
+Any config field can be overridden, e.g. `--config.optimizer.learning_rate=3e-3`; a config file
+can take an argument after a colon, e.g. `--config configs/mnist.py:small`.
+"""
+
+from absl import flags
+from ml_collections import config_flags
+
+from cnn_jax import cli
+from cnn_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Path to a config file with get_config(), e.g. configs/digits.py.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics, config and checkpoints.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise UserError(f'unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE')
+  config = cli.load_config(_CONFIG)
+  # Imported after flag parsing so that `--help` and flag errors answer without loading JAX.
+  from cnn_jax import train  # pylint: disable=g-import-not-at-top
+  train.train_and_evaluate(config, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,94 @@
+"""The train state and the pure, jitted train and eval steps.
+
+`train_step(state, batch) -> (state, metrics)`: loss, gradient, optimizer update and new batch
+statistics in one `jax.jit`, with the old state's buffers donated. The dropout key of step s is
+`fold_in(state.rng, s)`, so a run resumed at step s draws the same numbers as one never stopped.
+"""
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training, as one pytree (what a checkpoint holds)."""
+  step: jax.Array  # int32 scalar: number of updates applied so far.
+  params: Any
+  batch_stats: Any  # Batch-norm running statistics; {} for models without batch norm.
+  opt_state: optax.OptState
+  rng: jax.Array  # Base key; each step folds its step number in.
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_shape: tuple[int, int, int]) -> TrainState:
+  """Initialises parameters (from `rng`) and optimizer state for `model` on [1, *image_shape]."""
+  init_rng, state_rng = jax.random.split(rng)
+  variables = jax.jit(model.init, static_argnames='train')(
+      init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
+                    rng=state_rng)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy [B] of logits [B, K] against integer labels [B]."""
+  if label_smoothing == 0.0:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    label_smoothing: float = 0.0) -> Callable[[TrainState, Batch],
+                                                              tuple[TrainState, Metrics]]:
+  """Returns the jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated.
+
+  metrics: {'loss': mean training loss of the batch, 'accuracy': its top-1 accuracy}.
+  """
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      logits, updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+          rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+      loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
+      return loss, (logits, updates.get('batch_stats', {}))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              batch_stats=batch_stats, opt_state=opt_state)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+    return new_state, {'loss': loss, 'accuracy': accuracy}
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
+  """Returns the jitted `eval_step(state, batch) -> sums` over the real (mask = 1) examples.
+
+  It returns sums, not means, so that batches of different fill add up exactly:
+  {'loss_sum', 'correct', 'count'}; the caller divides once at the end.
+  """
+
+  def eval_step(state: TrainState, batch: Batch) -> Metrics:
+    logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                         batch['image'], train=False)
+    mask = batch['mask']
+    loss = cross_entropy(logits, batch['label'])
+    correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
+    return {'loss_sum': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask),
+            'count': jnp.sum(mask)}
+
+  return jax.jit(eval_step)

@@ -1,0 +1,57 @@
+"""What a workdir records about its run: the resolved config, library versions and git commit.
+
+With these beside the metrics, a result can be reproduced and later tools need only `--workdir`.
+"""
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+
+import ml_collections
+
+CONFIG_FILE = 'config.json'
+VERSIONS_FILE = 'versions.json'
+_PACKAGES = ('cnn_jax', 'jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml-collections',
+             'tensorflow-datasets', 'numpy')
+
+
+def library_versions() -> dict[str, str]:
+  """Returns {package: version} for the libraries a result depends on, plus Python and git."""
+  versions = {'python': platform.python_version()}
+  for package in _PACKAGES:
+    try:
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      versions[package] = 'not installed'
+  versions['git_commit'] = _git_commit()
+  return versions
+
+
+def _git_commit() -> str:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True,
+                         timeout=5, check=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=here,
+                           capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    return out + ('-dirty' if dirty else '')
+  except (OSError, subprocess.SubprocessError):
+    return 'unknown'  # Installed from a wheel, or git missing.
+
+
+def save_run_record(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes the resolved config and the library versions into `workdir`."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, CONFIG_FILE), 'w', encoding='utf-8') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  with open(os.path.join(workdir, VERSIONS_FILE), 'w', encoding='utf-8') as f:
+    json.dump(library_versions(), f, indent=2)
+    f.write('\n')
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """Returns the config saved in `workdir` by `save_run_record`."""
+  with open(os.path.join(workdir, CONFIG_FILE), encoding='utf-8') as f:
+    return ml_collections.ConfigDict(json.load(f))

@@ -1,0 +1,38 @@
+"""Cats vs dogs (TFDS 'cats_vs_dogs': 23,262 colour photos of varying size, 2 classes).
+
+    python -m cnn_jax.main --config configs/cats_vs_dogs.py --workdir runs/cats_vs_dogs
+
+TFDS has only a 'train' split, so the last 20% of it is held out for evaluation. Images are
+resized to 128×128. Preparing the dataset needs TensorFlow once (README "Datasets").
+Accuracy and time: not yet measured by this project (no download on the dev machine).
+"""
+
+from configs import default
+
+
+def get_config(arg: str | None = None):
+  """Returns the cats-vs-dogs config; `:small` uses 64 px and 1% of the data for a quick check."""
+  config = default.get_config()
+  config.data.name = 'cats_vs_dogs'
+  config.data.train_split = 'train[:80%]'
+  config.data.eval_split = 'train[80%:]'
+  config.data.image_size = 128
+  config.model.features = (32, 64, 128, 128)  # 128 → 64 → 32 → 16 → 8 px
+  config.model.batch_norm = True
+  config.model.dense = (256,)
+  config.model.dense_dropout = 0.5
+  config.optimizer.name = 'adamw'
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.schedule = 'cosine'
+  config.optimizer.warmup_steps = 300
+  config.batch_size = 64
+  config.num_epochs = 20.0
+  config.log_every_steps = 50
+  if arg == 'small':
+    config.data.train_split = 'train[:1%]'
+    config.data.eval_split = 'train[99%:]'
+    config.data.image_size = 64
+    config.num_epochs = 1.0
+    config.log_every_steps = 2
+  return config

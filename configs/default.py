@@ -1,0 +1,66 @@
+"""Every config field, defined once with the reason for its default.
+
+Other configs import this file and change a few fields. Any field can be overridden on the command
+line, e.g. `--config.optimizer.learning_rate=3e-3`; a misspelled key is an error.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config():
+  """Returns the default config: a small ConvNet on the offline digits data."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds initialisation, shuffling and dropout; same seed → same metrics.
+
+  # ---- data ---------------------------------------------------------------------------------------
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'digits'  # 'digits' (ships offline) or a TFDS image-classification dataset name.
+  config.data.tfds_data_dir = config_dict.placeholder(str)  # TFDS data dir; None = TFDS's default.
+  config.data.download = False  # Let TFDS download and prepare a missing dataset (needs internet).
+  config.data.train_split = 'train'  # Split (TFDS slicing syntax allowed) used for training.
+  config.data.eval_split = 'test'  # Held-out split evaluated periodically and at the end.
+  config.data.image_size = 0  # Resize images to this square size; 0 keeps the dataset's own size.
+
+  # ---- model --------------------------------------------------------------------------------------
+  # `name` picks an entry of cnn_jax.models.MODELS; the other fields are that model's keyword
+  # arguments (a config that picks another model replaces this whole block).
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'convnet'
+  config.model.features = (32, 64)  # Filters per conv block; one block per entry.
+  config.model.kernel_size = 3  # Filter size F (one value for all blocks, or one per block).
+  config.model.strides = 1  # Convolution stride S.
+  config.model.padding = 'SAME'  # 'SAME' keeps W (at stride 1); 'VALID' gives W − F + 1.
+  config.model.activation = 'relu'
+  config.model.pool = 'max'  # 'max', 'avg', 'l2' or 'none' after each block.
+  config.model.pool_window = 2
+  config.model.pool_stride = 2  # Window 2, stride 2 halves each spatial side.
+  config.model.batch_norm = False
+  config.model.conv_dropout = 0.0  # Dropout after each conv block.
+  config.model.dense = (128,)  # Hidden dense layers between the conv blocks and the classifier.
+  config.model.dense_dropout = 0.0  # Dropout before each dense layer, the classifier included.
+  config.model.initializer = 'he'  # Kernel init: 'he' for ReLU nets, 'xavier' or 'lecun'.
+
+  # ---- optimisation -------------------------------------------------------------------------------
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'adam'  # 'sgd' (with momentum), 'adam' or 'adamw'.
+  config.optimizer.learning_rate = 1e-3  # Peak learning rate (Adam's usual default).
+  config.optimizer.schedule = 'constant'  # 'constant', 'cosine' (with warmup) or 'onecycle'.
+  config.optimizer.warmup_steps = 0  # Linear warmup length for 'cosine'.
+  config.optimizer.momentum = 0.9  # SGD only.
+  config.optimizer.nesterov = False  # SGD only.
+  config.optimizer.weight_decay = 0.0  # Decoupled for adamw; added to the gradient (L2) otherwise.
+  config.optimizer.grad_clip_norm = 0.0  # Clip the global gradient norm to this; 0 = no clipping.
+  config.label_smoothing = 0.0  # Mass spread uniformly over all classes in the targets.
+
+  config.batch_size = 128  # Global training batch; must divide by the number of devices.
+  config.eval_batch_size = 256  # Evaluation batch; the last one is padded and masked, never dropped.
+  config.num_epochs = 10.0  # Training length in passes over the training split (may be fractional).
+  config.num_steps = 0  # If > 0, the training length in steps instead of epochs.
+  config.dtype = 'float32'  # Computation dtype; parameters are always float32.
+
+  # ---- seeing progress ----------------------------------------------------------------------------
+  config.log_every_steps = 50  # Train metrics (averaged since the last log) go to the metrics file.
+  config.eval_every_steps = 0  # Evaluate on eval_split this often; 0 = once per epoch.
+  config.progress_bar = True  # tqdm bar on a terminal; hidden automatically when not a TTY.
+  return config

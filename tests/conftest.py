@@ -1,0 +1,16 @@
+"""Shared fixtures: the repo root, and configs loaded the way the command line loads them."""
+
+import importlib.util
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_NAMES = ('default', 'digits', 'mnist', 'fashion_mnist', 'cats_vs_dogs', 'keras_seed')
+
+
+def load_config(name: str, arg: str | None = None):
+  """Returns configs/<name>.py's get_config(arg), as `--config configs/<name>.py[:arg]` would."""
+  path = os.path.join(REPO, 'configs', f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'_config_{name}', path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg) if arg is not None else mod.get_config()

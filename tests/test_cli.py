@@ -1,0 +1,49 @@
+"""The command line as a user meets it: mistakes are one message and exit 2, never a traceback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def _main(*args, cwd=REPO):
+  return subprocess.run([sys.executable, '-m', 'cnn_jax.main', *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize('args,expected', [
+    (['--config.optimizer.learnin_rate=3e-3'],
+     'Did you mean "learning_rate" instead of "learnin_rate"?'),
+    (['--config.batch_size=0'], 'config.batch_size=0 must be ≥ 1'),
+    (['--config.batch_size=abc'], '--config.batch_size=abc'),
+    (['--config.model.name=resnt18'], "did you mean 'resnet18'"),
+    (['--config.model.kernel_size=9', '--config.model.padding=VALID'], 'kernel 9'),
+    (['--config.data.name=mnist', '--config.data.tfds_data_dir=/nonexistent'],
+     'download_and_prepare'),
+])
+def test_user_mistakes_are_a_message_not_a_traceback(tmp_path, args, expected):
+  result = _main('--config', 'configs/digits.py', '--workdir', str(tmp_path / 'w'), *args)
+  assert result.returncode == 2, result.stderr
+  assert expected in result.stderr
+  assert 'Traceback' not in result.stderr and 'Traceback' not in result.stdout
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+  result = _main('--config', 'configs/nope.py', '--workdir', str(tmp_path))
+  assert result.returncode == 2 and "'configs/nope.py' does not exist" in result.stderr
+
+
+def test_overrides_and_config_arguments_reach_the_run(tmp_path):
+  workdir = tmp_path / 'small'
+  result = _main('--config', os.path.join(REPO, 'configs', 'digits.py:small'), '--workdir',
+                 str(workdir), '--config.optimizer.learning_rate=3e-3', '--config.num_steps=12',
+                 cwd=str(tmp_path))  # Runs from anywhere, with an absolute config path.
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.strip().splitlines()
+  assert lines[-1].startswith('Final test accuracy: ') and 'after 12 steps' in lines[-1]
+  assert 'Total params: 53,002' in result.stdout  # The model summary is printed first.
+  config = (workdir / 'config.json').read_text()
+  assert '"learning_rate": 0.003' in config and '"num_epochs": 2.0' in config

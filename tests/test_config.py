@@ -1,0 +1,81 @@
+"""Configs: every shipped config validates and builds its model; each mistake names its key."""
+
+import pytest
+import tensorflow_datasets as tfds
+
+from cnn_jax import data, models, summary, train
+from cnn_jax.config_validation import config_problems, validate_config
+from cnn_jax.errors import UserError
+from conftest import CONFIG_NAMES, load_config
+
+
+@pytest.mark.parametrize('name,arg', [(name, None) for name in CONFIG_NAMES] +
+                         [(name, 'small') for name in CONFIG_NAMES if name != 'default'])
+def test_shipped_configs_are_valid_and_their_models_fit_their_images(name, arg):
+  config = load_config(name, arg)
+  validate_config(config)
+  with tfds.testing.mock_data(num_examples=2):  # Only the metadata is read.
+    info = data.describe_dataset(config.data.name, None, config.data.image_size)
+  model = train.build_model(config, info.num_classes)
+  rows = summary.summarize(model, info.image_shape)
+  assert rows[-1].output_shape == (info.num_classes,)
+
+
+def test_keras_seed_is_the_articles_network():
+  config = load_config('keras_seed')
+  model = train.build_model(config, 2)
+  rows = {r.name: r for r in summary.summarize(model, (300, 300, 3))}
+  assert rows['conv_0'].output_shape == (296, 296, 10)  # (300 − 5 + 0)/1 + 1
+  assert rows['pool_0'].output_shape == (148, 148, 10)
+  assert sum(r.params for r in rows.values()) == 438_842
+
+
+@pytest.mark.parametrize('key,value,expected', [
+    ('batch_size', 0, 'config.batch_size=0 must be ≥ 1'),
+    ('eval_batch_size', -3, 'config.eval_batch_size=-3'),
+    ('num_epochs', -1.0, 'config.num_epochs=-1.0'),
+    ('label_smoothing', 1.0, 'config.label_smoothing'),
+    ('dtype', 'float16', "config.dtype='float16' is not one of float32, bfloat16"),
+    ('optimizer.name', 'adm', "did you mean 'adam'"),
+    ('optimizer.schedule', 'cosin', "did you mean 'cosine'"),
+    ('optimizer.learning_rate', 0.0, 'config.optimizer.learning_rate=0.0 must be > 0'),
+    ('optimizer.momentum', 1.5, 'config.optimizer.momentum'),
+    ('model.name', 'resnt18', "did you mean 'resnet18'"),
+    ('data.image_size', -1, 'config.data.image_size'),
+])
+def test_bad_values_name_the_key_and_what_is_allowed(key, value, expected):
+  config = load_config('digits')
+  section, _, field = key.rpartition('.')
+  (config[section] if section else config)[field] = value
+  with pytest.raises(UserError) as error:
+    validate_config(config)
+  assert expected in str(error.value)
+
+
+def test_all_problems_are_reported_at_once():
+  config = load_config('digits')
+  config.batch_size = 0
+  config.optimizer.name = 'nope'
+  assert len(config_problems(config)) == 2
+
+
+def test_a_setting_the_model_does_not_take_is_refused():
+  config = load_config('mnist')  # keras_mnist
+  config.model.featurs = (8,)
+  with pytest.raises(UserError, match=r"config.model.featurs .*did you mean 'features'"):
+    validate_config(config)
+
+
+def test_batch_size_must_divide_among_devices():
+  config = load_config('digits')
+  config.batch_size = 30
+  assert any('multiple of the 4 devices' in p for p in config_problems(config, num_devices=4))
+
+
+def test_a_kernel_too_large_for_the_image_is_a_user_error():
+  config = load_config('digits')
+  config.model.kernel_size = 9
+  config.model.padding = 'VALID'
+  model = train.build_model(config, 10)
+  with pytest.raises(UserError, match=r'conv_0.*8×8.*\(W − F \+ 2P\)/S \+ 1'):
+    models.check_fits(model, (8, 8, 1))

@@ -1,0 +1,98 @@
+"""Data: the offline digits split, batching by step, evaluation coverage, and TFDS sources."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from cnn_jax import data
+from cnn_jax.errors import UserError
+
+
+@pytest.fixture(scope='module')
+def digits():
+  return data.load_dataset('digits')
+
+
+def test_digits_split_is_fixed_disjoint_and_stratified(digits):
+  assert (len(digits.train), len(digits.eval)) == (1437, 360)
+  assert digits.info.image_shape == (8, 8, 1) and digits.info.num_classes == 10
+  assert digits.train.images.dtype == np.uint8 and digits.train.images.max() == 16
+  # No test digit appears in training (compare raw pixels: the UCI set has no exact duplicates
+  # across this split) and every class is in both splits in roughly its overall proportion.
+  train_rows = {row.tobytes() for row in digits.train.images}
+  assert not any(row.tobytes() in train_rows for row in digits.eval.images)
+  counts = np.bincount(digits.eval.labels, minlength=10)
+  assert counts.min() >= 35 and counts.max() <= 37
+  again = data.load_dataset('digits')
+  np.testing.assert_array_equal(again.eval.labels, digits.eval.labels)
+
+
+def test_normalizer_centres_and_scales_training_data(digits):
+  x = digits.normalizer(digits.train.images)
+  assert x.dtype == np.float32 and x.shape == digits.train.images.shape
+  assert abs(float(x.mean())) < 0.01 and abs(float(x.std()) - 1.0) < 0.01
+
+
+def test_train_batches_are_a_function_of_seed_and_step(digits):
+  split, norm = digits.train, digits.normalizer
+  a = data.train_batch(split, norm, 64, seed=0, step=5)
+  b = data.train_batch(split, norm, 64, seed=0, step=5)
+  c = data.train_batch(split, norm, 64, seed=1, step=5)
+  np.testing.assert_array_equal(a['image'], b['image'])
+  assert not np.array_equal(a['label'], c['label'])
+  assert a['image'].shape == (64, 8, 8, 1) and a['label'].dtype == np.int32
+
+
+def test_an_epoch_visits_each_example_at_most_once(digits):
+  split = data.Split(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1), np.arange(10, dtype=np.int32))
+  norm = data.Normalizer(1.0, (0.0,), (1.0,))
+  per_epoch = data.steps_per_epoch(len(split), 3)
+  assert per_epoch == 3  # 10 // 3: the partial batch is skipped, a different one each epoch.
+  for epoch in range(2):
+    seen = np.concatenate([data.train_batch(split, norm, 3, 0, epoch * per_epoch + i)['label']
+                           for i in range(per_epoch)])
+    assert len(set(seen.tolist())) == 9
+
+
+@pytest.mark.parametrize('n,batch', [(10, 4), (8, 4), (3, 8), (360, 256)])
+def test_eval_batches_cover_every_example_exactly_once(n, batch):
+  split = data.Split(np.zeros((n, 2, 2, 1), np.uint8), np.arange(n, dtype=np.int32))
+  norm = data.Normalizer(1.0, (0.0,), (1.0,))
+  batches = list(data.eval_batches(split, norm, batch))
+  assert all(b['image'].shape == (batch, 2, 2, 1) for b in batches)
+  real = np.concatenate([b['label'][b['mask'] == 1] for b in batches])
+  np.testing.assert_array_equal(real, np.arange(n))  # Each once, in order, no padding counted.
+  assert sum(float(b['mask'].sum()) for b in batches) == n
+
+
+def test_tfds_mnist_loads_through_data_source():
+  with tfds.testing.mock_data(num_examples=12):
+    info = data.describe_dataset('mnist')
+    dataset = data.load_dataset('mnist', 'train', 'test')
+  assert info.num_classes == 10 and info.image_shape == (28, 28, 1)
+  assert info.class_names[3] == '3'
+  assert dataset.train.images.shape == (12, 28, 28, 1) and dataset.eval.labels.dtype == np.int32
+
+
+def test_tfds_images_of_varying_size_are_resized_or_refused():
+  with tfds.testing.mock_data(num_examples=6):
+    with pytest.raises(UserError, match='image_size'):
+      data.describe_dataset('cats_vs_dogs')
+    dataset = data.load_dataset('cats_vs_dogs', 'train[:50%]', 'train[50%:]', image_size=24)
+  assert dataset.info.class_names == ('cat', 'dog')
+  assert dataset.train.images.shape[1:] == (24, 24, 3)
+
+
+def test_missing_tfds_dataset_says_how_to_get_it(tmp_path):
+  with pytest.raises(UserError) as error:
+    data.load_dataset('mnist', tfds_data_dir=str(tmp_path))
+  message = str(error.value)
+  assert 'download_and_prepare' in message and 'tfds_data_dir' in message
+  assert str(tmp_path) in message
+
+
+def test_unknown_dataset_names_the_problem():
+  with pytest.raises(UserError, match="config.data.name='mnsit'"):
+    data.describe_dataset('mnsit')
+  with pytest.raises(UserError, match='splits'):
+    data.load_dataset('digits', eval_split='validation')
