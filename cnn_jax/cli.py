@@ -73,8 +73,9 @@ def run(main: Callable[[list[str]], None]) -> None:
   """Runs `main(argv)` as an absl app; a UserError it raises becomes a message and exit 2."""
 
   def guarded_main(argv):
-    # absl's INFO lines (e.g. "Unable to initialize backend 'tpu'") are noise to a user.
-    logging.set_verbosity(logging.WARNING)
+    # Library log lines (JAX's "Unable to initialize backend 'tpu'", orbax's note that a periodic
+    # checkpoint has no metrics) are noise to a user; cnn_jax prints what matters itself.
+    logging.set_verbosity(logging.ERROR)
     try:
       main(argv)
     except UserError as e:

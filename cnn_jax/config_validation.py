@@ -9,9 +9,11 @@ import math
 import ml_collections
 
 from cnn_jax import models, optim
+from cnn_jax.checkpoint import BEST_METRICS
 from cnn_jax.errors import UserError
 
 DTYPES = ('float32', 'bfloat16')
+INIT_LAYERS = ('all', 'matching')
 
 
 def _suggest(value, allowed) -> str:
@@ -64,6 +66,13 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   _check_number(p, 'optimizer.momentum', opt.momentum, low=0, high=0.999)
   _check_number(p, 'optimizer.weight_decay', opt.weight_decay, low=0)
   _check_number(p, 'optimizer.grad_clip_norm', opt.grad_clip_norm, low=0)
+  ckpt = config.checkpoint
+  _check_number(p, 'checkpoint.every_steps', ckpt.every_steps, low=0, integer=True)
+  _check_number(p, 'checkpoint.every_minutes', ckpt.every_minutes, low=0)
+  _check_number(p, 'checkpoint.keep_last', ckpt.keep_last, low=1, integer=True)
+  _check_number(p, 'checkpoint.keep_best', ckpt.keep_best, low=0, integer=True)
+  _check_choice(p, 'checkpoint.best_metric', ckpt.best_metric, tuple(BEST_METRICS))
+  _check_choice(p, 'init_layers', config.init_layers, INIT_LAYERS)
   p.extend(_model_problems(config.model))
   return p
 

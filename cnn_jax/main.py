@@ -4,6 +4,8 @@ Any config field can be overridden, e.g. `--config.optimizer.learning_rate=3e-3`
 can take an argument after a colon, e.g. `--config configs/mnist.py:small`.
 """
 
+import sys
+
 from absl import flags
 from ml_collections import config_flags
 
@@ -22,8 +24,12 @@ def main(argv: list[str]) -> None:
     raise UserError(f'unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE')
   config = cli.load_config(_CONFIG)
   # Imported after flag parsing so that `--help` and flag errors answer without loading JAX.
-  from cnn_jax import train  # pylint: disable=g-import-not-at-top
-  train.train_and_evaluate(config, _WORKDIR.value)
+  from cnn_jax import signals, train  # pylint: disable=g-import-not-at-top
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value)
+  except signals.TrainingInterrupted as stopped:
+    print(stopped, file=sys.stderr)
+    sys.exit(128 + stopped.signum)  # The shell's convention for "ended by signal N".
 
 
 if __name__ == '__main__':

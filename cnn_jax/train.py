@@ -14,10 +14,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from cnn_jax import data, models, optim, steps, summary
+from cnn_jax import checkpoint, data, models, optim, signals, steps, summary
 from cnn_jax.config_validation import model_kwargs, validate_config
+from cnn_jax.errors import UserError
 from cnn_jax.metric_writers import MetricWriter
-from cnn_jax.workdir import save_run_record
+from cnn_jax.workdir import config_differences, load_config, save_run_record
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -41,11 +42,49 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
                              **model_kwargs(config.model))
 
 
+def _accumulate(sums: dict[str, float], pending: list) -> None:
+  """Adds per-step train metrics into running sums, in step order, in float64.
+
+  The same additions in the same order happen whether or not the run was resumed in between
+  (the sums travel in the checkpoint), so logged averages are bitwise identical either way.
+  """
+  for metrics in jax.device_get(pending):
+    sums['loss'] += float(metrics['loss'])
+    sums['accuracy'] += float(metrics['accuracy'])
+    sums['count'] += 1
+  pending.clear()
+
+
+def _resume(manager, state: steps.TrainState, workdir: str,
+            config: ml_collections.ConfigDict) -> tuple[steps.TrainState, dict]:
+  """Restores the latest checkpoint onto `state`'s structure, or refuses with the config diff."""
+  step = manager.latest_step()
+  saved = load_config(workdir)
+  changes = config_differences(saved, config) if saved is not None else []
+  try:
+    state, progress = checkpoint.restore(manager, step, state)
+  except checkpoint.IncompatibleCheckpoint as e:
+    raise UserError(
+        f'{workdir} holds a checkpoint (step {step:,}) of a different model, optimizer or dataset, '
+        'so this config cannot resume it. Changed settings:\n  '
+        + '\n  '.join(changes or ['(none recorded)'])
+        + f'\nThe saved state differs: {e}.\nUse a new --workdir, or keep these settings.') from None
+  print(f'Resuming from the checkpoint at step {step:,}'
+        + (' with changed settings: ' + '; '.join(changes) if changes else '') + '.', flush=True)
+  return state, progress
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains the model described by `config`, writing metrics and the run record into `workdir`.
+  """Trains the model described by `config`, or resumes the run in `workdir` if it has one.
+
+  Writes metrics, checkpoints and the run record into `workdir`.
 
   Returns:
     The final evaluation metrics: {'loss', 'accuracy', 'count'} on config.data.eval_split.
+
+  Raises:
+    UserError: a mistake in the config or data, or a workdir this config cannot resume.
+    signals.TrainingInterrupted: SIGTERM or Ctrl-C; a checkpoint was saved first.
   """
   # ---- check everything before any work ----------------------------------------------------------
   mesh = Mesh(np.asarray(jax.devices()), ('data',))  # One data axis; one device is a mesh of one.
@@ -54,7 +93,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = build_model(config, info.num_classes)
   models.check_fits(model, info.image_shape)
   rows = summary.summarize(model, info.image_shape)
-  save_run_record(workdir, config)
 
   # ---- data ----------------------------------------------------------------------------------------
   started = time.time()
@@ -70,7 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f'{jax.devices()[0].platform.upper()} device(s).', flush=True)
   print(summary.format_summary(rows), flush=True)
 
-  # ---- model, optimizer, state --------------------------------------------------------------------
+  # ---- model, optimizer, state: fresh, warm-started or resumed -------------------------------------
   opt = config.optimizer
   schedule = optim.create_schedule(opt.schedule, opt.learning_rate, num_steps, opt.warmup_steps)
   tx = optim.create_optimizer(opt.name, schedule, opt.momentum, opt.nesterov, opt.weight_decay,
@@ -80,38 +118,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = jax.device_put(
       steps.create_train_state(model, tx, jax.random.key(config.seed), info.image_shape),
       replicated)
-  train_step = steps.make_train_step(model, tx, config.label_smoothing)
-  eval_step = steps.make_eval_step(model)
+  ckpt = config.checkpoint
+  manager = checkpoint.open_manager(workdir, ckpt.keep_last, ckpt.keep_best, ckpt.best_metric)
+  try:  # `finally` closes the manager, joining its background writer, however the run ends.
+    progress = {}
+    if manager.latest_step() is not None:
+      state, progress = _resume(manager, state, workdir, config)
+    elif config.init_from:
+      state = checkpoint.warm_start(state, config.init_from, config.init_layers)
+    save_run_record(workdir, config)
+    train_step = steps.make_train_step(model, tx, config.label_smoothing)
+    eval_step = steps.make_eval_step(model)
 
-  # ---- loop ----------------------------------------------------------------------------------------
-  writer = MetricWriter(workdir)
-  pending = []  # Train metrics stay on the device until the next log step.
-  bar = tqdm(total=num_steps, unit='step', dynamic_ncols=True,
-             disable=None if config.progress_bar else True)  # None: hidden when not a terminal.
-  eval_metrics = {}
-  for step in range(num_steps):
-    batch = data.train_batch(dataset.train, dataset.normalizer, config.batch_size, config.seed,
-                             step)
-    state, metrics = train_step(state, jax.device_put(batch, batch_sharding))
-    pending.append(metrics)
-    done = step + 1
-    bar.update(1)
-    if done % config.log_every_steps == 0 or done == num_steps:
-      train_metrics = {k: float(np.mean(v)) for k, v in
-                       jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *pending)).items()}
-      train_metrics['learning_rate'] = float(schedule(step))
-      pending = []
-      writer.write(done, 'train', train_metrics)
-      bar.set_postfix(loss=f"{train_metrics['loss']:.4f}", acc=f"{train_metrics['accuracy']:.3f}")
-    if done % eval_every == 0 or done == num_steps:
+    # ---- loop --------------------------------------------------------------------------------------
+    start_step = int(jax.device_get(state.step))
+    writer = MetricWriter(workdir, resume_step=start_step, elapsed=progress.get('elapsed', 0.0))
+    sums = progress.get('train_sums', {'loss': 0.0, 'accuracy': 0.0, 'count': 0})
+    pending = []  # Train metrics stay on the device until they are logged or checkpointed.
+    eval_metrics, last_save = {}, time.time()
+    bar = tqdm(initial=start_step, total=num_steps, unit='step', dynamic_ncols=True,
+               disable=None if config.progress_bar else True)  # None: hidden if not a terminal.
+    with signals.StopRequest() as stop:
+      for step in range(start_step, num_steps):
+        batch = data.train_batch(dataset.train, dataset.normalizer, config.batch_size,
+                                 config.seed, step)
+        state, metrics = train_step(state, jax.device_put(batch, batch_sharding))
+        pending.append(metrics)
+        done = step + 1
+        bar.update(1)
+        if done % config.log_every_steps == 0 or done == num_steps:
+          _accumulate(sums, pending)
+          train_metrics = {'loss': sums['loss'] / sums['count'],
+                           'accuracy': sums['accuracy'] / sums['count'],
+                           'learning_rate': float(schedule(step))}
+          sums = {'loss': 0.0, 'accuracy': 0.0, 'count': 0}
+          writer.write(done, 'train', train_metrics)
+          bar.set_postfix(loss=f"{train_metrics['loss']:.4f}",
+                          acc=f"{train_metrics['accuracy']:.3f}")
+        evaluated = done % eval_every == 0 or done == num_steps
+        if evaluated:
+          eval_metrics = evaluate(eval_step, state, dataset.eval, dataset.normalizer,
+                                  config.eval_batch_size, batch_sharding)
+          writer.write(done, 'eval', eval_metrics)
+          bar.write(f'step {done:>6,}/{num_steps:,}  epoch {done / per_epoch:6.2f}  '
+                    f'{config.data.eval_split} loss {eval_metrics["loss"]:.4f}  '
+                    f'accuracy {eval_metrics["accuracy"]:.2%}  ({time.time() - started:.1f} s)')
+        if (done == num_steps or stop.requested
+            or (evaluated if not ckpt.every_steps else done % ckpt.every_steps == 0)
+            or (ckpt.every_minutes and time.time() - last_save > 60 * ckpt.every_minutes)):
+          _accumulate(sums, pending)  # The running sums travel in the checkpoint.
+          checkpoint.save(manager, state, {'train_sums': sums, 'elapsed': writer.elapsed()},
+                          eval_metrics if evaluated else None)
+          last_save = time.time()
+        if stop.requested:
+          break
+    bar.close()
+    writer.close()
+    manager.wait_until_finished()  # The last save is asynchronous: complete it first.
+    if stop.requested:
+      raise signals.TrainingInterrupted(stop.signum, done)
+    if not eval_metrics:  # Re-running a finished run: nothing to train, report its result.
       eval_metrics = evaluate(eval_step, state, dataset.eval, dataset.normalizer,
                               config.eval_batch_size, batch_sharding)
-      writer.write(done, 'eval', eval_metrics)
-      bar.write(f'step {done:>6,}/{num_steps:,}  epoch {done / per_epoch:6.2f}  '
-                f'{config.data.eval_split} loss {eval_metrics["loss"]:.4f}  '
-                f'accuracy {eval_metrics["accuracy"]:.2%}  ({time.time() - started:.1f} s)')
-  bar.close()
-  writer.close()
+  finally:
+    manager.close()
 
   print(f'Final {config.data.eval_split} accuracy: {eval_metrics["accuracy"]:.2%} '
         f'({int(round(eval_metrics["accuracy"] * eval_metrics["count"]))}/'

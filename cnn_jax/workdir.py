@@ -51,7 +51,30 @@ def save_run_record(workdir: str, config: ml_collections.ConfigDict) -> None:
     f.write('\n')
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """Returns the config saved in `workdir` by `save_run_record`."""
-  with open(os.path.join(workdir, CONFIG_FILE), encoding='utf-8') as f:
+def load_config(workdir: str) -> ml_collections.ConfigDict | None:
+  """Returns the config saved in `workdir` by `save_run_record`, or None if there is none."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = tuple(value) if isinstance(value, list) else value
+  return flat
+
+
+def config_differences(old: ml_collections.ConfigDict,
+                       new: ml_collections.ConfigDict) -> list[str]:
+  """Returns 'key: old → new' for every leaf that differs (JSON round-trip makes lists tuples)."""
+  old_flat = _flatten(json.loads(old.to_json_best_effort()))
+  new_flat = _flatten(json.loads(new.to_json_best_effort()))
+  return [f'{key}: {old_flat.get(key, "(absent)")!r} → {new_flat.get(key, "(absent)")!r}'
+          for key in sorted(set(old_flat) | set(new_flat))
+          if old_flat.get(key) != new_flat.get(key)]

@@ -59,6 +59,17 @@ def get_config():
   config.num_steps = 0  # If > 0, the training length in steps instead of epochs.
   config.dtype = 'float32'  # Computation dtype; parameters are always float32.
 
+  # ---- checkpoints --------------------------------------------------------------------------------
+  # Re-running the same command resumes from the latest checkpoint in the workdir.
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 0  # Save this often; 0 = at each evaluation (always at the end).
+  config.checkpoint.every_minutes = 10.0  # Also save when this much time passed; 0 = never by time.
+  config.checkpoint.keep_last = 2  # Newest checkpoints kept.
+  config.checkpoint.keep_best = 1  # Best checkpoints kept, ranked by best_metric on eval_split.
+  config.checkpoint.best_metric = 'accuracy'  # 'accuracy' (higher is better) or 'loss' (lower).
+  config.init_from = config_dict.placeholder(str)  # Warm start: a workdir or checkpoint to load.
+  config.init_layers = 'all'  # 'all' layers of init_from, or 'matching' (same name and shape).
+
   # ---- seeing progress ----------------------------------------------------------------------------
   config.log_every_steps = 50  # Train metrics (averaged since the last log) go to the metrics file.
   config.eval_every_steps = 0  # Evaluate on eval_split this often; 0 = once per epoch.

@@ -1,0 +1,206 @@
+"""The workdir's checkpoints: orbax's CheckpointManager with the retention a researcher wants.
+
+`workdir/checkpoints/<step>/` holds the whole train state (params, batch statistics, optimizer
+state, step, rng) and a small JSON item with the loop's own progress (running train metrics since
+the last log). Saves are asynchronous, so training goes on while the previous step is written.
+Retention: the newest `keep_last` are kept, and so are the `keep_best` with the best validation
+metric; the newest is never deleted in favour of a better one. orbax writes each save to a
+temporary directory and renames it when complete, so a save cut short by a kill is never mistaken
+for a checkpoint; its leftovers are removed the next time the workdir is opened.
+"""
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+from orbax.checkpoint import checkpoint_managers
+
+from cnn_jax.errors import UserError
+
+CHECKPOINT_DIR = 'checkpoints'
+BEST_METRICS = {'accuracy': 'max', 'loss': 'min'}
+
+
+def checkpoint_dir(workdir: str) -> str:
+  """Returns the directory under `workdir` that holds its checkpoints."""
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def open_manager(workdir: str, keep_last: int = 2, keep_best: int = 1,
+                 best_metric: str = 'accuracy', read_only: bool = False) -> ocp.CheckpointManager:
+  """Opens (creating if needed) the checkpoint manager of `workdir`.
+
+  Args:
+    workdir: the run's directory.
+    keep_last: how many of the newest checkpoints to keep.
+    keep_best: how many of the best checkpoints (by `best_metric` on the eval split) to keep.
+    best_metric: 'accuracy' (higher is better) or 'loss' (lower is better).
+    read_only: open for restoring only (evaluate, predict): nothing is written or deleted.
+  """
+  mode = BEST_METRICS[best_metric]
+  policies = [checkpoint_managers.LatestN(keep_last)]
+  if keep_best > 0:
+    policies.append(checkpoint_managers.BestN(
+        get_metric_fn=lambda metrics: metrics[best_metric], reverse=mode == 'min', n=keep_best,
+        keep_checkpoints_without_metrics=False))  # Periodic saves fall to LatestN.
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+      best_fn=lambda metrics: metrics[best_metric], best_mode=mode,  # Persists metrics per step.
+      cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               item_handlers=_item_handlers())
+
+
+def _item_handlers() -> dict:
+  # Named handlers (not just item names) let the manager read a checkpoint's metadata unrestored.
+  return {'state': ocp.StandardCheckpointHandler(), 'progress': ocp.JsonCheckpointHandler()}
+
+
+def save(manager: ocp.CheckpointManager, state: Any, progress: dict,
+         eval_metrics: dict | None = None) -> None:
+  """Starts an asynchronous save of `state` at its step; returns before the write finishes.
+
+  Args:
+    manager: from `open_manager`.
+    state: the TrainState (its `step` names the checkpoint).
+    progress: JSON-serialisable loop progress to restore with it.
+    eval_metrics: the eval metrics at this step, if any: they rank the checkpoint for keep_best.
+  """
+  step = int(jax.device_get(state.step))
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             progress=ocp.args.JsonSave(progress)),
+               metrics=eval_metrics, force=True)
+
+
+def resolve_step(manager: ocp.CheckpointManager, which: str | int) -> int:
+  """Returns the step of checkpoint `which`: 'latest', 'best' or a step number.
+
+  Raises:
+    UserError: there is no such checkpoint; the message lists the ones there are.
+  """
+  steps = manager.all_steps()
+  if not steps:
+    raise UserError(f'{manager.directory} holds no checkpoint; train first with cnn_jax.main.')
+  if which == 'latest':
+    return manager.latest_step()
+  if which == 'best':
+    return manager.best_step() if manager.best_step() is not None else manager.latest_step()
+  try:
+    step = int(which)
+  except ValueError:
+    step = None
+  if step not in steps:
+    raise UserError(f"checkpoint {which!r} not found; use 'latest', 'best' or one of the saved "
+                    f'steps: {", ".join(map(str, steps))}')
+  return step
+
+
+def restore(manager: ocp.CheckpointManager, step: int, template: Any) -> tuple[Any, dict]:
+  """Restores (state, progress) of checkpoint `step` onto the structure of `template`.
+
+  `template` is a freshly created TrainState (or its `jax.eval_shape`): the restored arrays take
+  its shapes, dtypes and shardings, so a checkpoint written on several devices restores on one.
+
+  Raises:
+    UserError: the checkpoint's state does not have the template's structure or shapes.
+  """
+  mismatches = _mismatches(manager.item_metadata(step)['state'], template)
+  if mismatches:  # Checked first: a failed orbax restore leaves async callbacks that print noise.
+    raise IncompatibleCheckpoint('; '.join(mismatches[:4])
+                                 + (f' and {len(mismatches) - 4} more' if len(mismatches) > 4 else ''))
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+  return restored.state, dict(restored.progress)
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple]:
+  """{'params/conv_0/kernel': shape, ...}; dataclass fields, dict keys and tuple indices alike."""
+  def name(key):
+    for attribute in ('key', 'name', 'idx'):
+      if hasattr(key, attribute):
+        return str(getattr(key, attribute))
+    return str(key)
+  def shape(leaf):
+    if jax.dtypes.issubdtype(getattr(leaf, 'dtype', None), jax.dtypes.prng_key):
+      leaf = jax.eval_shape(jax.random.key_data, leaf)  # Keys are saved as their raw uint32 data.
+    return tuple(leaf.shape)
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(name(k) for k in path): shape(leaf) for path, leaf in leaves}
+
+
+def _mismatches(saved_metadata: Any, template: Any) -> list[str]:
+  """Lists how the saved state's arrays differ from the template's (names and shapes)."""
+  saved, wanted = _shapes_by_path(saved_metadata), _shapes_by_path(template)
+  problems = [f'{path}: saved {saved[path]}, this config {wanted[path]}'
+              for path in wanted if path in saved and saved[path] != wanted[path]]
+  problems += [f'{path} is not in the checkpoint' for path in wanted if path not in saved]
+  problems += [f'{path} is in the checkpoint only' for path in saved if path not in wanted]
+  return problems
+
+
+def _locate(path: str) -> tuple[str, int | None]:
+  """Returns (checkpoints directory, step or None for latest) for a workdir or checkpoint path."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
+    return os.path.join(path, CHECKPOINT_DIR), None
+  name = os.path.basename(path)
+  if name.isdigit() and os.path.isdir(os.path.join(path, 'state')):
+    return os.path.dirname(path), int(name)
+  raise UserError(f'{path!r} is neither a workdir with checkpoints nor a checkpoint directory '
+                  f'(WORKDIR/{CHECKPOINT_DIR}/STEP).')
+
+
+def _merge(fresh: Any, loaded: Any, what: str, layers: str) -> tuple[Any, list[str], list[str]]:
+  """Copies `loaded` leaves onto `fresh` where path and shape match; returns (tree, taken, kept)."""
+  fresh_flat = traverse_util.flatten_dict(fresh, sep='/')
+  loaded_flat = traverse_util.flatten_dict(loaded or {}, sep='/')
+  merged, taken, kept = {}, [], []
+  for path, leaf in fresh_flat.items():
+    source = loaded_flat.get(path)
+    if source is not None and tuple(source.shape) == tuple(leaf.shape):
+      merged[path] = jax.device_put(np.asarray(source, leaf.dtype), leaf.sharding)
+      taken.append(path)
+    else:
+      merged[path] = leaf
+      found = 'absent' if source is None else f'{tuple(source.shape)} ≠ {tuple(leaf.shape)}'
+      kept.append(f'{what}/{path} ({found})')
+  return traverse_util.unflatten_dict(merged, sep='/'), taken, kept
+
+
+def warm_start(state: Any, path: str, layers: str = 'all') -> Any:
+  """Returns `state` with params and batch statistics loaded from the checkpoint at `path`.
+
+  Args:
+    state: a freshly initialised TrainState; its optimizer state and step are kept.
+    path: a workdir (its latest checkpoint) or a checkpoint directory WORKDIR/checkpoints/STEP.
+    layers: 'all' (every layer must match in name and shape) or 'matching' (load those that do,
+      keep the fresh initialisation for the rest, e.g. a classifier for another number of classes).
+
+  Raises:
+    UserError: no checkpoint at `path`, or layers='all' and some layer does not match.
+  """
+  root, step = _locate(path)
+  manager = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_handlers=_item_handlers())
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise UserError(f'{root} holds no checkpoint to warm-start from.')
+  loaded = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+  params, taken, kept = _merge(state.params, loaded['params'], 'params', layers)
+  stats, _, kept_stats = _merge(state.batch_stats, loaded.get('batch_stats'), 'batch_stats', layers)
+  kept += kept_stats
+  if kept and layers == 'all':
+    raise UserError(f'config.init_from={path!r} (step {step:,}) does not match this model: '
+                    + '; '.join(kept) + '. Set --config.init_layers=matching to load only the '
+                    'layers that match.')
+  print(f'Warm start from {root} step {step:,}: loaded {len(taken)} parameter arrays'
+        + (f'; freshly initialised: {", ".join(kept)}' if kept else '') + '.', flush=True)
+  return state.replace(params=params, batch_stats=stats)
+
+
+class IncompatibleCheckpoint(UserError):
+  """The checkpoint holds a state of another shape: another model, optimizer or dataset."""

@@ -1,0 +1,50 @@
+"""Stop requests: SIGTERM (preemption, `kill`) and Ctrl-C end training at the next step boundary.
+
+The loop checks `requested` after every step, saves a checkpoint and exits cleanly, so a killed run
+loses nothing; re-running the same command resumes it.
+"""
+
+import signal
+
+
+class StopRequest:
+  """A context manager that turns SIGTERM and SIGINT into a flag instead of an exception."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  @property
+  def requested(self) -> bool:
+    """True once a stop signal arrived."""
+    return self.signum is not None
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # A second Ctrl-C means "now", without the final checkpoint.
+    self.signum = signum
+
+  def __enter__(self) -> 'StopRequest':
+    for sig in self.SIGNALS:
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread (e.g. a notebook worker): signals stay as they were.
+        pass
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class TrainingInterrupted(Exception):
+  """Training stopped on a signal after saving a checkpoint at `step`."""
+
+  def __init__(self, signum: int, step: int):
+    super().__init__(f'{signal.Signals(signum).name} at step {step:,}: checkpoint saved. '
+                     'Re-run the same command to continue.')
+    self.signum = signum
+    self.step = step
