@@ -18,15 +18,18 @@ from ml_collections import config_flags
 
 from cnn_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file to measure.',
-                                          lock_config=True)
-_STEPS = flags.DEFINE_integer('steps', 50, 'Timed steps (after warm-up).', lower_bound=1)
-_WARMUP = flags.DEFINE_integer('warmup', 5, 'Untimed steps run first (compilation included).',
-                               lower_bound=1)
-_DATA = flags.DEFINE_enum('data', 'synthetic', ['synthetic', 'real'],
-                          'Random batches of the right shape, or batches from the dataset.')
-_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
-flags.mark_flag_as_required('config')
+
+
+def define_flags() -> None:
+  """Defines this command's flags (only when it runs, so the module imports anywhere)."""
+  config_flags.DEFINE_config_file('config', None, 'Config file to measure.', lock_config=True)
+  flags.DEFINE_integer('steps', 50, 'Timed steps (after warm-up).', lower_bound=1)
+  flags.DEFINE_integer('warmup', 5, 'Untimed steps run first (compilation included).',
+                       lower_bound=1)
+  flags.DEFINE_enum('data', 'synthetic', ['synthetic', 'real'],
+                    'Random batches of the right shape, or batches from the dataset.')
+  flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
+  flags.mark_flag_as_required('config')
 
 
 def _timed(fn, *args) -> tuple[float, object]:
@@ -95,14 +98,15 @@ def _run(train_step, state, batches, num_steps):
 
 def main(argv: list[str]) -> None:
   del argv
-  config = cli.load_config(_CONFIG)
-  results = measure(config, _STEPS.value, _WARMUP.value, _DATA.value == 'real')
-  if _JSON.value:
+  args = flags.FLAGS
+  config = cli.load_config()
+  results = measure(config, args.steps, args.warmup, args.data == 'real')
+  if args.json:
     print(json.dumps({k: round(v, 3) for k, v in results.items()}))
     return
   device = jax.devices()[0]
-  print(f'{config.model.name} on {config.data.name}, batch {config.batch_size}, {_DATA.value} data, '
-        f'{jax.device_count()} × {device.platform.upper()}; {_STEPS.value} timed steps')
+  print(f'{config.model.name} on {config.data.name}, batch {config.batch_size}, {args.data} data, '
+        f'{jax.device_count()} × {device.platform.upper()}; {args.steps} timed steps')
   for key, value in results.items():
     if key.endswith('_images_per_s'):
       print(f'  {key.removesuffix("_images_per_s").replace("_", " "):<20}{value:>10,.0f} images/s')
@@ -110,4 +114,5 @@ def main(argv: list[str]) -> None:
       print(f'  {key.removesuffix("_s").replace("_", " "):<20}{value:>10.2f} s')
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)

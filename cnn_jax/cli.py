@@ -48,14 +48,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return []  # Not reached: _exit_with exits.
 
 
-def load_config(config_flag) -> ml_collections.ConfigDict:
+def load_config(flag_name: str = 'config') -> ml_collections.ConfigDict:
   """Returns the parsed `--config` value, or exits with a message if it could not be loaded."""
   try:
-    path = config_flags.get_config_filename(flags.FLAGS[config_flag.name])
+    path = config_flags.get_config_filename(flags.FLAGS[flag_name])
   except Exception:  # pylint: disable=broad-except
     path = None
   try:
-    value = config_flag.value
+    value = flags.FLAGS[flag_name].value
     if isinstance(value, ml_collections.ConfigDict):
       return value
     value.seed  # pylint: disable=pointless-statement  # An _ErrorConfig raises its load error here.

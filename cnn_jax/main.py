@@ -12,25 +12,30 @@ from ml_collections import config_flags
 from cnn_jax import cli
 from cnn_jax.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Path to a config file with get_config(), e.g. configs/digits.py.',
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics, config and checkpoints.')
-flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def define_flags() -> None:
+  """Defines this command's flags (only when it runs, so the module imports anywhere)."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'Path to a config file with get_config(), e.g. configs/digits.py.',
+      lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for metrics, config and checkpoints.')
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UserError(f'unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE')
-  config = cli.load_config(_CONFIG)
+  config = cli.load_config()
   # Imported after flag parsing so that `--help` and flag errors answer without loading JAX.
   from cnn_jax import signals, train  # pylint: disable=g-import-not-at-top
   try:
-    train.train_and_evaluate(config, _WORKDIR.value)
+    train.train_and_evaluate(config, flags.FLAGS.workdir)
   except signals.TrainingInterrupted as stopped:
     print(stopped, file=sys.stderr)
     sys.exit(128 + stopped.signum)  # The shell's convention for "ended by signal N".
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)

@@ -14,21 +14,20 @@ class MetricWriter:
 
   def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int = 0,
                elapsed: float = 0.0):
-    """Opens the outputs; when resuming at `resume_step`, records after it are dropped first.
+    """Opens the outputs, first dropping records after `resume_step` (all of them when it is 0).
 
     A run killed after its last checkpoint wrote metrics for steps it will now redo; dropping them
     (and purging them from TensorBoard) leaves exactly one record per step. `elapsed` is the
     training time already spent, so 'time' continues across resumes.
     """
-    if resume_step:
-      _truncate_after(workdir, resume_step)
+    _truncate_after(workdir, resume_step)
     self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
     self._start = time.time() - elapsed
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
-                               purge_step=resume_step + 1 if resume_step else None)
+                               purge_step=resume_step + 1)
 
   def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
     """Records `scalars` of `split` ('train' or 'eval') at training step `step`."""
@@ -52,6 +51,8 @@ class MetricWriter:
 
 
 def _truncate_after(workdir: str, step: int) -> None:
+  if not os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+    return
   kept = [record for record in read_metrics(workdir) if record['step'] <= step]
   path = os.path.join(workdir, 'metrics.jsonl')
   with open(path + '.tmp', 'w', encoding='utf-8') as f:

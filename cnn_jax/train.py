@@ -18,7 +18,8 @@ from cnn_jax import checkpoint, data, models, optim, signals, steps, summary
 from cnn_jax.config_validation import model_kwargs, validate_config
 from cnn_jax.errors import UserError
 from cnn_jax.metric_writers import MetricWriter
-from cnn_jax.workdir import config_differences, load_config, save_run_record
+from cnn_jax.workdir import (config_differences, load_config, save_dataset_record,
+                             save_run_record)
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -127,6 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     elif config.init_from:
       state = checkpoint.warm_start(state, config.init_from, config.init_layers)
     save_run_record(workdir, config)
+    save_dataset_record(workdir, dataset.info, dataset.normalizer)
     train_step = steps.make_train_step(model, tx, config.label_smoothing)
     eval_step = steps.make_eval_step(model)
 

@@ -3,6 +3,7 @@
 With these beside the metrics, a result can be reproduced and later tools need only `--workdir`.
 """
 
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -11,8 +12,12 @@ import subprocess
 
 import ml_collections
 
+from cnn_jax.data import DatasetInfo, Normalizer
+from cnn_jax.errors import UserError
+
 CONFIG_FILE = 'config.json'
 VERSIONS_FILE = 'versions.json'
+DATASET_FILE = 'dataset.json'
 _PACKAGES = ('cnn_jax', 'jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml-collections',
              'tensorflow-datasets', 'numpy')
 
@@ -49,6 +54,33 @@ def save_run_record(workdir: str, config: ml_collections.ConfigDict) -> None:
   with open(os.path.join(workdir, VERSIONS_FILE), 'w', encoding='utf-8') as f:
     json.dump(library_versions(), f, indent=2)
     f.write('\n')
+
+
+def save_dataset_record(workdir: str, info: DatasetInfo, normalizer: Normalizer) -> None:
+  """Writes what inference needs to know of the data: classes, image shape, normalisation."""
+  record = {'info': dataclasses.asdict(info), 'normalizer': dataclasses.asdict(normalizer)}
+  with open(os.path.join(workdir, DATASET_FILE), 'w', encoding='utf-8') as f:
+    json.dump(record, f, indent=2)
+    f.write('\n')
+
+
+def load_dataset_record(workdir: str) -> tuple[DatasetInfo, Normalizer]:
+  """Returns the (info, normalizer) saved by `save_dataset_record`.
+
+  Raises:
+    UserError: `workdir` has no dataset record (not a cnn_jax training workdir).
+  """
+  path = os.path.join(workdir, DATASET_FILE)
+  if not os.path.exists(path):
+    raise UserError(f'{workdir!r} is not a cnn_jax training workdir (no {DATASET_FILE}); '
+                    'pass the --workdir of a run of python -m cnn_jax.main.')
+  with open(path, encoding='utf-8') as f:
+    record = json.load(f)
+  info = record['info']
+  info = DatasetInfo(info['name'], info['num_classes'], tuple(info['class_names']),
+                     tuple(info['image_shape']))
+  norm = record['normalizer']
+  return info, Normalizer(norm['max_value'], tuple(norm['mean']), tuple(norm['std']))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict | None:

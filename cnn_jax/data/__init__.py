@@ -14,7 +14,7 @@ from cnn_jax.data.images import resize_images
 from cnn_jax.errors import UserError
 
 __all__ = ['Dataset', 'DatasetInfo', 'Normalizer', 'Split', 'describe_dataset', 'load_dataset',
-           'eval_batches', 'train_batch', 'steps_per_epoch']
+           'load_split', 'raw_max_value', 'eval_batches', 'train_batch', 'steps_per_epoch']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,36 +52,43 @@ def describe_dataset(name: str, tfds_data_dir: str | None = None,
   return DatasetInfo(name, len(class_names), class_names, (height, width, channels))
 
 
+def load_split(name: str, split: str, tfds_data_dir: str | None = None, download: bool = False,
+               image_size: int = 0) -> Split:
+  """Loads one split into host memory as raw pixels (uint8 [N, H, W, C]) and int32 labels.
+
+  Args:
+    name: 'digits' or a TFDS image-classification dataset name.
+    split: the split, e.g. 'test' or (TFDS) 'train[80%:]'.
+    tfds_data_dir: TFDS data directory; None for TFDS's default.
+    download: let TFDS download and prepare a missing dataset.
+    image_size: resize images to image_size × image_size; 0 keeps their size.
+  """
+  describe_dataset(name, tfds_data_dir, image_size)  # Name and size problems, before any reading.
+  if name not in _SOURCES:
+    return tfds_source.load_split(name, split, tfds_data_dir, download, image_size)
+  source = _SOURCES[name]
+  if split not in source.splits:
+    raise UserError(f'{name!r} has splits {source.splits}; got {split!r}.')
+  loaded = source.load_split(split)
+  return Split(resize_images(loaded.images, image_size), loaded.labels) if image_size else loaded
+
+
+def raw_max_value(name: str) -> float:
+  """Returns the largest raw pixel value of dataset `name` (16 for digits, 255 for TFDS images)."""
+  return _SOURCES[name].max_value if name in _SOURCES else _TFDS_MAX_VALUE
+
+
 def load_dataset(name: str, train_split: str = 'train', eval_split: str = 'test',
                  tfds_data_dir: str | None = None, download: bool = False,
                  image_size: int = 0) -> Dataset:
   """Loads both splits into host memory and fits the input normalisation on the training split.
 
-  Args:
-    name: 'digits' or a TFDS image-classification dataset name.
-    train_split: split to train on.
-    eval_split: held-out split for evaluation.
-    tfds_data_dir: TFDS data directory; None for TFDS's default.
-    download: let TFDS download and prepare a missing dataset.
-    image_size: resize images to image_size × image_size; 0 keeps their size.
+  Args: as for `load_split`, with the two splits to train and evaluate on.
 
   Returns:
     A `Dataset` whose splits hold raw pixels; `dataset.normalizer` maps them to model inputs.
   """
   info = describe_dataset(name, tfds_data_dir, image_size)
-  if name in _SOURCES:
-    source = _SOURCES[name]
-    for split in (train_split, eval_split):
-      if split not in source.splits:
-        raise UserError(f'{name!r} has splits {source.splits}; got {split!r}.')
-    train, held_out = source.load_split(train_split), source.load_split(eval_split)
-    if image_size:
-      train, held_out = (Split(resize_images(s.images, image_size), s.labels)
-                         for s in (train, held_out))
-    max_value = source.max_value
-  else:
-    train, held_out = (tfds_source.load_split(name, split, tfds_data_dir, download, image_size)
-                       for split in (train_split, eval_split))
-    max_value = _TFDS_MAX_VALUE
-  return Dataset(info, train, held_out, Normalizer.fit(train.images, max_value))
-
+  train, held_out = (load_split(name, split, tfds_data_dir, download, image_size)
+                     for split in (train_split, eval_split))
+  return Dataset(info, train, held_out, Normalizer.fit(train.images, raw_max_value(name)))

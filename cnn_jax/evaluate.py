@@ -1,0 +1,106 @@
+"""Evaluate a trained run: `python -m cnn_jax.evaluate --workdir W [--checkpoint best] [--split test]`.
+
+Prints accuracy, loss, per-class accuracy and the confusion matrix, and writes them as JSON to
+`W/eval/<split>_step<N>.json`. Needs nothing but the workdir.
+"""
+
+import json
+import os
+import re
+
+import numpy as np
+from absl import flags
+
+from cnn_jax import cli
+from cnn_jax.errors import UserError
+
+
+
+def define_flags() -> None:
+  """Defines this command's flags (only when it runs, so the module imports anywhere)."""
+  flags.DEFINE_string('workdir', None, 'The workdir of a training run.')
+  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")
+  flags.DEFINE_string('split', None, "Split to evaluate; default: the run's eval_split.")
+  flags.DEFINE_integer('batch_size', None, "Default: the run's eval_batch_size.", lower_bound=1)
+  flags.mark_flag_as_required('workdir')
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+  """Returns counts [K, K]: row = true class, column = predicted class."""
+  matrix = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(matrix, (labels, predictions), 1)
+  return matrix
+
+
+def evaluate_workdir(workdir: str, which: str = 'latest', split: str | None = None,
+                     batch_size: int | None = None) -> dict:
+  """Evaluates checkpoint `which` of `workdir` on `split`; returns the report as a dict.
+
+  The report holds accuracy, mean loss, count, per-class accuracy and the confusion matrix.
+  """
+  from cnn_jax import data, inference, steps  # pylint: disable=g-import-not-at-top
+  trained = inference.load_trained(workdir, which)
+  config = trained.config
+  split = split or config.data.eval_split
+  examples = data.load_split(config.data.name, split, config.data.tfds_data_dir,
+                             config.data.download, config.data.image_size)
+  batches = data.eval_batches(examples, trained.normalizer, batch_size or config.eval_batch_size)
+  logits = inference.batched_logits(trained, batches)
+  labels = examples.labels
+  predictions = logits.argmax(axis=-1)
+  losses = np.asarray(steps.cross_entropy(logits, labels))
+  matrix = confusion_matrix(labels, predictions, trained.info.num_classes)
+  per_class = {
+      name: {'accuracy': float(matrix[k, k] / matrix[k].sum()) if matrix[k].sum() else None,
+             'correct': int(matrix[k, k]), 'count': int(matrix[k].sum())}
+      for k, name in enumerate(trained.info.class_names)}
+  return {'workdir': os.path.abspath(workdir), 'checkpoint_step': trained.step, 'split': split,
+          'count': int(len(labels)), 'accuracy': float(np.mean(predictions == labels)),
+          'loss': float(np.mean(losses)), 'class_names': list(trained.info.class_names),
+          'per_class': per_class, 'confusion_matrix': matrix.tolist()}
+
+
+def format_report(report: dict) -> str:
+  """Renders an evaluation report as text: totals, a per-class table, the confusion matrix."""
+  names = report['class_names']
+  width = max(5, *(len(n) for n in names))
+  lines = [f"{report['workdir']} at step {report['checkpoint_step']:,} on split "
+           f"{report['split']!r}: {report['count']:,} images",
+           f"accuracy {report['accuracy']:.2%}   loss {report['loss']:.4f}", '',
+           f"{'class':<{width}}  accuracy  correct/count"]
+  for name in names:
+    row = report['per_class'][name]
+    accuracy = f"{row['accuracy']:.2%}" if row['accuracy'] is not None else 'n/a'
+    lines.append(f"{name:<{width}}  {accuracy:>8}  {row['correct']}/{row['count']}")
+  cell = max(width, len(str(max(max(r) for r in report['confusion_matrix']))))
+  lines += ['', 'confusion matrix (rows: true class, columns: predicted class)',
+            ' ' * (width + 1) + ' '.join(f'{n:>{cell}}' for n in names)]
+  lines += [f'{name:<{width}} ' + ' '.join(f'{c:>{cell}}' for c in row)
+            for name, row in zip(names, report['confusion_matrix'])]
+  return '\n'.join(lines)
+
+
+def write_report(report: dict, workdir: str) -> str:
+  """Writes the report to workdir/eval/<split>_step<N>.json and returns the path."""
+  directory = os.path.join(workdir, 'eval')
+  os.makedirs(directory, exist_ok=True)
+  safe_split = re.sub(r'[^A-Za-z0-9_-]+', '_', report['split']).strip('_')
+  path = os.path.join(directory, f"{safe_split}_step{report['checkpoint_step']}.json")
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(report, f, indent=2)
+    f.write('\n')
+  return path
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}")
+  args = flags.FLAGS
+  report = evaluate_workdir(args.workdir, args.checkpoint, args.split, args.batch_size)
+  print(format_report(report))
+  print(f'\nwritten to {write_report(report, args.workdir)}')
+
+
+if __name__ == '__main__':
+  define_flags()
+  cli.run(main)

@@ -1,0 +1,125 @@
+"""Predict classes of image files: `python -m cnn_jax.predict --workdir W cat.jpg photos/ ...`.
+
+Each image is decoded, converted to the run's channels, resized to its image shape and normalised
+exactly as in evaluation, then all of them go through the model in fixed-size jitted batches.
+Prints the predicted class and the top-k probabilities per file (`--json` for JSON). A file that
+cannot be read gets an error line, and the other files are still predicted.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+from absl import flags
+
+from cnn_jax import cli
+from cnn_jax.errors import UserError
+
+FILE_PIXEL_MAX = 255.0  # Image files hold 8-bit pixels, whatever the training data's range was.
+
+
+def define_flags() -> None:
+  """Defines this command's flags (only when it runs, so the module imports anywhere)."""
+  flags.DEFINE_string('workdir', None, 'The workdir of a training run.')
+  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")
+  flags.DEFINE_integer('top_k', 3, 'How many classes to list per image.', lower_bound=1)
+  flags.DEFINE_integer('batch_size', 64, 'Images per forward pass.', lower_bound=1)
+  flags.DEFINE_bool('json', False, 'Print one JSON object per image instead of text.')
+  flags.mark_flag_as_required('workdir')
+
+
+@dataclasses.dataclass
+class Prediction:
+  """The result for one file: top-k (class, probability) pairs, or the reason it failed."""
+  file: str
+  top_k: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+  error: str | None = None
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+  """Returns the files named, with each directory replaced by its image files (recursive, sorted).
+
+  Raises:
+    UserError: a path does not exist.
+  """
+  from cnn_jax.data.images import IMAGE_EXTENSIONS  # pylint: disable=g-import-not-at-top
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      found = sorted(os.path.join(root, name) for root, _, names in os.walk(path)
+                     for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+      files.extend(found)
+    elif os.path.exists(path):
+      files.append(path)
+    else:
+      raise UserError(f'{path!r} does not exist.')
+  return files
+
+
+def predict_files(trained, files: list[str], top_k: int = 3,
+                  batch_size: int = 64) -> list[Prediction]:
+  """Predicts every readable file of `files` with `trained`; unreadable ones carry an error."""
+  from cnn_jax import data, inference  # pylint: disable=g-import-not-at-top
+  from cnn_jax.data import images  # pylint: disable=g-import-not-at-top
+  height, width, channels = trained.info.image_shape
+  results, pixels = [], []
+  for path in files:
+    try:
+      image = images.read_image(path, channels)
+    except (images.UnreadableImage, OSError) as e:
+      results.append(Prediction(path, error=str(e)))
+      continue
+    pixels.append(images.resize_image(image, (height, width)))
+    results.append(Prediction(path))
+  readable = [r for r in results if r.error is None]
+  if readable:
+    # Files are 0–255; the normalizer's statistics are of pixels scaled to [0, 1], so only the
+    # scale changes, not the statistics (digits' raw 0–16 and a PNG's 0–255 both map to [0, 1]).
+    normalizer = dataclasses.replace(trained.normalizer, max_value=FILE_PIXEL_MAX)
+    split = data.Split(np.stack(pixels), np.zeros(len(pixels), np.int32))
+    logits = inference.batched_logits(trained, data.eval_batches(split, normalizer, batch_size))
+    probabilities = _softmax(logits)
+    names = trained.info.class_names
+    for result, probs in zip(readable, probabilities):
+      order = np.argsort(-probs, kind='stable')[:top_k]
+      result.top_k = [(names[k], float(probs[k])) for k in order]
+  return results
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+  shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+  return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def format_prediction(p: Prediction) -> str:
+  """One line per file: 'file: class (p%)  other q%  ...' or 'file: error: ...'."""
+  if p.error:
+    return f'{p.file}: error: {p.error}'
+  (best, prob), others = p.top_k[0], p.top_k[1:]
+  return (f'{p.file}: {best} ({prob:.1%})'
+          + ''.join(f'  {name} {q:.1%}' for name, q in others))
+
+
+def main(argv: list[str]) -> None:
+  from cnn_jax import inference  # pylint: disable=g-import-not-at-top
+  args = flags.FLAGS
+  files = expand_paths(argv[1:])
+  if not files:
+    raise UserError('no image files given; usage: python -m cnn_jax.predict --workdir W '
+                    'IMAGE_OR_DIR [...]')
+  trained = inference.load_trained(args.workdir, args.checkpoint)
+  for prediction in predict_files(trained, files, args.top_k, args.batch_size):
+    if args.json:
+      record = {'file': prediction.file, 'error': prediction.error}
+      if not prediction.error:
+        record.update(prediction=prediction.top_k[0][0], probability=prediction.top_k[0][1],
+                      top_k=[{'class': n, 'probability': q} for n, q in prediction.top_k])
+      print(json.dumps(record))
+    else:
+      print(format_prediction(prediction))
+
+
+if __name__ == '__main__':
+  define_flags()
+  cli.run(main)

@@ -1,0 +1,193 @@
+"""Checkpoints: a killed run resumes to bitwise the same result; retention; refusal; warm start."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from cnn_jax import checkpoint, models, steps, train
+from cnn_jax.errors import UserError
+from cnn_jax.metric_writers import read_metrics
+from conftest import REPO, load_config
+
+# A run long enough to be killed mid-way: 264 steps, checkpoints every 25, evals every 44.
+RUN_FLAGS = ('--config.num_steps=264', '--config.checkpoint.every_steps=25',
+             '--config.eval_every_steps=44', '--config.log_every_steps=10',
+             '--config.checkpoint.keep_last=3')
+
+
+def _start(workdir, *extra):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'cnn_jax.main', '--config', 'configs/digits.py', '--workdir',
+       str(workdir), *RUN_FLAGS, *extra], cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+
+
+def _run(workdir, *extra):
+  process = _start(workdir, *extra)
+  out, err = process.communicate(timeout=300)
+  assert process.returncode == 0, err
+  return out
+
+
+def _wait_for_step(workdir, step, process):
+  """Returns once metrics.jsonl has a record at or past `step` (the run is mid-way)."""
+  deadline = time.time() + 120
+  while time.time() < deadline:
+    records = read_metrics(str(workdir))
+    if records and records[-1]['step'] >= step:
+      return
+    assert process.poll() is None, process.communicate()[1]
+    time.sleep(0.005)
+  raise AssertionError(f'the run never reached step {step}')
+
+
+def _final(workdir):
+  """Returns (params of the latest checkpoint as numpy, metrics records without wall time)."""
+  root = os.path.join(str(workdir), checkpoint.CHECKPOINT_DIR)
+  with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+    state = m.restore(m.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore())).state
+  records = [{k: v for k, v in r.items() if k != 'time'} for r in read_metrics(str(workdir))]
+  return jax.tree.map(np.asarray, state['params']), records, int(state['step'])
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  _run(workdir)
+  return _final(workdir)
+
+
+def _assert_same_run(result, reference):
+  params, records, step = result
+  ref_params, ref_records, ref_step = reference
+  assert step == ref_step == 264
+  assert records == ref_records  # Every logged loss, accuracy and eval, bit for bit, once each.
+  jax.tree.map(np.testing.assert_array_equal, params, ref_params)
+
+
+def test_sigkill_at_a_random_step_then_rerun_gives_the_uninterrupted_result(tmp_path,
+                                                                           uninterrupted):
+  kill_at = random.Random().randrange(30, 240)
+  process = _start(tmp_path)
+  _wait_for_step(tmp_path, kill_at, process)
+  process.send_signal(signal.SIGKILL)
+  process.communicate()
+  killed_at = read_metrics(str(tmp_path))[-1]['step']
+  assert killed_at < 264, 'the run finished before the kill'
+  out = _run(tmp_path)
+  assert 'Resuming from the checkpoint at step' in out
+  _assert_same_run(_final(tmp_path), uninterrupted)
+
+
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint_usable(tmp_path, uninterrupted):
+  for attempt in range(20):  # A save takes milliseconds: poll for its temporary directory.
+    workdir = tmp_path / f'attempt{attempt}'
+    root = workdir / checkpoint.CHECKPOINT_DIR
+    process = _start(workdir)
+    caught = False
+    while process.poll() is None:
+      names = os.listdir(root) if root.is_dir() else []
+      # Kill during a save that has a finished checkpoint before it, to be resumed from.
+      if any('tmp' in name for name in names) and any(name.isdigit() for name in names):
+        process.send_signal(signal.SIGKILL)
+        caught = any('tmp' in name for name in os.listdir(root))  # Still half-written?
+        break
+    process.communicate()
+    if caught:
+      break
+  assert caught, "never caught a save in progress"
+  _run(workdir)
+  assert not any('tmp' in name for name in os.listdir(root))  # Leftovers were cleaned up.
+  _assert_same_run(_final(workdir), uninterrupted)
+
+
+def test_sigterm_saves_at_the_next_step_and_the_rerun_completes(tmp_path, uninterrupted):
+  process = _start(tmp_path)
+  _wait_for_step(tmp_path, 60, process)
+  process.send_signal(signal.SIGTERM)
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 128 + signal.SIGTERM
+  assert 'SIGTERM at step' in err and 'Re-run the same command' in err
+  assert 'Traceback' not in err
+  saved = max(int(name) for name in os.listdir(tmp_path / checkpoint.CHECKPOINT_DIR))
+  assert saved == read_metrics(str(tmp_path))[-1]['step'] or saved % 10  # Saved where it stopped.
+  _run(tmp_path)
+  _assert_same_run(_final(tmp_path), uninterrupted)
+
+
+def _short(tmp_path, name, **overrides):
+  config = load_config('digits')
+  config.num_steps = 66
+  config.eval_every_steps = 22
+  config.progress_bar = False
+  for key, value in overrides.items():
+    section, _, field = key.rpartition('__')
+    (config[section] if section else config)[field] = value
+  workdir = str(tmp_path / name)
+  return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+def test_retention_keeps_the_newest_and_the_best(tmp_path):
+  config, workdir, _ = _short(tmp_path, 'r', num_steps=220, checkpoint__keep_last=2,
+                              checkpoint__keep_best=1)
+  evals = {r['step']: r['accuracy'] for r in read_metrics(workdir) if r['split'] == 'eval'}
+  best = max(sorted(evals), key=lambda s: evals[s])  # Earliest of the best, as orbax ranks ties.
+  kept = sorted(int(n) for n in os.listdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)))
+  assert kept == sorted({198, 220, best})
+  assert len(evals) == 10  # Ten evals were saved, and all but these were deleted.
+
+
+def test_resuming_with_another_model_is_refused_naming_the_keys(tmp_path):
+  config, workdir, _ = _short(tmp_path, 'a')
+  config.model.features = (16, 32)
+  with pytest.raises(UserError) as error:
+    train.train_and_evaluate(config, workdir)
+  message = str(error.value)
+  assert 'model.features: (32, 64) → (16, 32)' in message
+  assert 'params/conv_0/kernel: saved (3, 3, 1, 32), this config (3, 3, 1, 16)' in message
+  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
+    assert json.load(f)['model']['features'] == [32, 64]  # The refused run changed nothing.
+
+
+def test_resuming_with_more_steps_continues(tmp_path):
+  config, workdir, _ = _short(tmp_path, 'a')
+  config.num_steps = 88
+  train.train_and_evaluate(config, workdir)
+  steps_logged = [r['step'] for r in read_metrics(workdir) if r['split'] == 'train']
+  assert steps_logged == sorted(set(steps_logged)) and steps_logged[-1] == 88
+
+
+def _fresh_state(**model_kwargs):
+  model = models.create_model('convnet', 10, **model_kwargs)
+  return steps.create_train_state(model, optax.adam(1e-3), jax.random.key(7), (8, 8, 1))
+
+
+def test_warm_start_loads_all_layers_or_only_the_matching_ones(tmp_path):
+  _, source, _ = _short(tmp_path, 'source')
+  trained, _, _ = _final(source)
+  state = checkpoint.warm_start(_fresh_state(features=(32, 64), dense=(128,)), source)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), trained)
+
+  other = _fresh_state(features=(32, 64), dense=(64,))
+  with pytest.raises(UserError, match='init_layers=matching'):
+    checkpoint.warm_start(other, source)
+  state = checkpoint.warm_start(other, source, layers='matching')
+  np.testing.assert_array_equal(state.params['conv_1']['kernel'], trained['conv_1']['kernel'])
+  np.testing.assert_array_equal(state.params['head']['kernel'], other.params['head']['kernel'])
+
+
+def test_warm_start_through_the_config(tmp_path):
+  _, source, _ = _short(tmp_path, 'source')
+  _, _, metrics = _short(tmp_path, 'tuned', init_from=source, num_steps=5)
+  assert metrics['accuracy'] > 0.8  # Five steps from scratch reach ~20%; from the source ~95%.
