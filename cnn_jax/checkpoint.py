@@ -102,7 +102,8 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any) -> tuple[A
   """Restores (state, progress) of checkpoint `step` onto the structure of `template`.
 
   `template` is a freshly created TrainState (or its `jax.eval_shape`): the restored arrays take
-  its shapes, dtypes and shardings, so a checkpoint written on several devices restores on one.
+  its shapes, dtypes and shardings (one local device where it has none), so a checkpoint written
+  on several devices restores on one.
 
   Raises:
     UserError: the checkpoint's state does not have the template's structure or shapes.
@@ -111,10 +112,19 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any) -> tuple[A
   if mismatches:  # Checked first: a failed orbax restore leaves async callbacks that print noise.
     raise IncompatibleCheckpoint('; '.join(mismatches[:4])
                                  + (f' and {len(mismatches) - 4} more' if len(mismatches) > 4 else ''))
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+  here = _local_sharding()
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=getattr(x, 'sharding', None) or here), template)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
   return restored.state, dict(restored.progress)
+
+
+def _local_sharding() -> jax.sharding.Sharding:
+  # A restore target needs a sharding: without one, orbax restores onto the devices that saved
+  # the checkpoint, which may not exist here (a run saved on 8 GPUs, restored on a laptop).
+  return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
 
 def _shapes_by_path(tree: Any) -> dict[str, tuple]:
@@ -189,7 +199,12 @@ def warm_start(state: Any, path: str, layers: str = 'all') -> Any:
   step = manager.latest_step() if step is None else step
   if step is None:
     raise UserError(f'{root} holds no checkpoint to warm-start from.')
-  loaded = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+  # The saved tree's own shapes, placed on this process's first device.
+  here = _local_sharding()
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                        manager.item_metadata(step)['state'])
+  loaded = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target))).state
   params, taken, kept = _merge(state.params, loaded['params'], 'params', layers)
   stats, _, kept_stats = _merge(state.batch_stats, loaded.get('batch_stats'), 'batch_stats', layers)
   kept += kept_stats

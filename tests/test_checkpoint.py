@@ -191,3 +191,18 @@ def test_warm_start_through_the_config(tmp_path):
   _, source, _ = _short(tmp_path, 'source')
   _, _, metrics = _short(tmp_path, 'tuned', init_from=source, num_steps=5)
   assert metrics['accuracy'] > 0.8  # Five steps from scratch reach ~20%; from the source ~95%.
+
+
+def test_a_checkpoint_written_on_two_devices_restores_on_one(tmp_path):
+  from cnn_jax import evaluate  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  result = subprocess.run(
+      [sys.executable, '-m', 'cnn_jax.main', '--config', 'configs/digits.py', '--workdir',
+       str(tmp_path), '--config.num_steps=44', '--config.eval_every_steps=22'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  assert 'on 2 CPU device(s)' in result.stdout  # The batch really was split across two devices.
+  assert jax.device_count() == 1
+  report = evaluate.evaluate_workdir(str(tmp_path))
+  final = [r for r in read_metrics(str(tmp_path)) if r['split'] == 'eval'][-1]
+  assert report['accuracy'] == pytest.approx(final['accuracy'], abs=1e-9)
