@@ -112,16 +112,20 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_usable(tmp_path, u
   _assert_same_run(_final(workdir), uninterrupted)
 
 
-def test_sigterm_saves_at_the_next_step_and_the_rerun_completes(tmp_path, uninterrupted):
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])  # kill, and Ctrl-C.
+def test_a_stop_signal_saves_at_the_next_step_and_the_rerun_completes(tmp_path, uninterrupted,
+                                                                      signum):
   process = _start(tmp_path)
   _wait_for_step(tmp_path, 60, process)
-  process.send_signal(signal.SIGTERM)
+  process.send_signal(signum)
   _, err = process.communicate(timeout=120)
-  assert process.returncode == 128 + signal.SIGTERM
-  assert 'SIGTERM at step' in err and 'Re-run the same command' in err
+  assert process.returncode == 128 + signum
+  assert f'{signal.Signals(signum).name} at step' in err and 'Re-run the same command' in err
   assert 'Traceback' not in err
-  saved = max(int(name) for name in os.listdir(tmp_path / checkpoint.CHECKPOINT_DIR))
-  assert saved == read_metrics(str(tmp_path))[-1]['step'] or saved % 10  # Saved where it stopped.
+  stopped_at = int(err.split(' at step ')[1].split(':')[0].replace(',', ''))
+  saved = max(int(name) for name in os.listdir(tmp_path / checkpoint.CHECKPOINT_DIR)
+              if name.isdigit())
+  assert saved == stopped_at  # Saved exactly where it stopped, not at the previous checkpoint.
   _run(tmp_path)
   _assert_same_run(_final(tmp_path), uninterrupted)
 
