@@ -8,7 +8,7 @@ import math
 
 import ml_collections
 
-from cnn_jax import models, optim
+from cnn_jax import data, models, optim
 from cnn_jax.checkpoint import BEST_METRICS
 from cnn_jax.errors import UserError
 
@@ -57,7 +57,16 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   _check_number(p, 'eval_every_steps', config.eval_every_steps, low=0, integer=True)
   _check_number(p, 'label_smoothing', config.label_smoothing, low=0, high=0.999)
   _check_choice(p, 'dtype', config.dtype, DTYPES)
-  _check_number(p, 'data.image_size', config.data.image_size, low=0, integer=True)
+  d = config.data
+  _check_number(p, 'data.image_size', d.image_size, low=0, integer=True)
+  _check_choice(p, 'data.channels', d.channels, (0, 1, 3))
+  _check_choice(p, 'data.resize', d.resize, data.RESIZE_MODES)
+  _check_number(p, 'data.validation_fraction', d.validation_fraction, low=0, high=0.99)
+  _check_number(p, 'data.split_seed', d.split_seed, integer=True)
+  _check_number(p, 'data.max_skip_fraction', d.max_skip_fraction, low=0, high=1)
+  _check_number(p, 'data.workers', d.workers, low=0, integer=True)
+  if d.name in ('image_folder', 'idx') and not d.path:
+    p.append(f"config.data.name={d.name!r} reads files: set config.data.path to their directory")
   opt = config.optimizer
   _check_choice(p, 'optimizer.name', opt.name, optim.OPTIMIZERS)
   _check_choice(p, 'optimizer.schedule', opt.schedule, optim.SCHEDULES)

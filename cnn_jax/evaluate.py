@@ -42,8 +42,8 @@ def evaluate_workdir(workdir: str, which: str = 'latest', split: str | None = No
   trained = inference.load_trained(workdir, which)
   config = trained.config
   split = split or config.data.eval_split
-  examples = data.load_split(config.data.name, split, config.data.tfds_data_dir,
-                             config.data.download, config.data.image_size)
+  from cnn_jax import train  # pylint: disable=g-import-not-at-top
+  examples = data.load_split(train.data_spec(config), split)
   batches = data.eval_batches(examples, trained.normalizer, batch_size or config.eval_batch_size)
   logits = inference.batched_logits(trained, batches)
   labels = examples.labels

@@ -63,14 +63,17 @@ def predict_files(trained, files: list[str], top_k: int = 3,
   from cnn_jax import data, inference  # pylint: disable=g-import-not-at-top
   from cnn_jax.data import images  # pylint: disable=g-import-not-at-top
   height, width, channels = trained.info.image_shape
+  resize = trained.config.data.get('resize', 'squash')
   results, pixels = [], []
   for path in files:
     try:
-      image = images.read_image(path, channels)
+      if height == width:  # Decoded and resized exactly as image-folder training data is.
+        pixels.append(images.load_resized(path, height, channels, resize))
+      else:
+        pixels.append(images.resize_image(images.read_image(path, channels), (height, width)))
     except (images.UnreadableImage, OSError) as e:
       results.append(Prediction(path, error=str(e)))
       continue
-    pixels.append(images.resize_image(image, (height, width)))
     results.append(Prediction(path))
   readable = [r for r in results if r.error is None]
   if readable:

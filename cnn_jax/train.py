@@ -4,7 +4,9 @@ This is the one place besides the command-line tools that reads the config; ever
 takes plain arguments. Copy it and change it: there are no callbacks or hooks to learn.
 """
 
+import dataclasses
 import math
+import os
 import time
 
 import jax
@@ -35,6 +37,28 @@ def evaluate(eval_step, state: steps.TrainState, split: data.Split, normalizer: 
   count = float(totals['count'])
   return {'loss': float(totals['loss_sum']) / count, 'accuracy': float(totals['correct']) / count,
           'count': count}
+
+
+def data_spec(config: ml_collections.ConfigDict) -> data.DataSpec:
+  """Returns the data layer's explicit description of config.data."""
+  fields = {f.name for f in dataclasses.fields(data.DataSpec)}
+  return data.DataSpec(**{k: v for k, v in config.data.items() if k in fields})
+
+
+def report_skipped(dataset: data.Dataset, workdir: str) -> None:
+  """Prints how many unreadable files were left out and lists them all in the workdir."""
+  skipped = [(split, f, reason) for split, part in (('train', dataset.train),
+                                                     ('eval', dataset.eval))
+             for f, reason in part.skipped]
+  if not skipped:
+    return
+  path = os.path.join(workdir, 'skipped_files.txt')
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    f.writelines(f'{split}\t{name}\t{reason}\n' for split, name, reason in skipped)
+  shown = '; '.join(f'{name} ({reason})' for _, name, reason in skipped[:3])
+  print(f'Skipped {len(skipped):,} unreadable file(s), e.g. {shown}. All are listed in {path}.',
+        flush=True)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
@@ -90,16 +114,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---- check everything before any work ----------------------------------------------------------
   mesh = Mesh(np.asarray(jax.devices()), ('data',))  # One data axis; one device is a mesh of one.
   validate_config(config, num_devices=mesh.size)
-  info = data.describe_dataset(config.data.name, config.data.tfds_data_dir, config.data.image_size)
+  spec = data_spec(config)
+  info = data.describe_dataset(spec)
   model = build_model(config, info.num_classes)
   models.check_fits(model, info.image_shape)
   rows = summary.summarize(model, info.image_shape)
 
   # ---- data ----------------------------------------------------------------------------------------
   started = time.time()
-  dataset = data.load_dataset(config.data.name, config.data.train_split, config.data.eval_split,
-                              config.data.tfds_data_dir, config.data.download,
-                              config.data.image_size)
+  dataset = data.load_dataset(spec, config.data.train_split, config.data.eval_split)
+  report_skipped(dataset, workdir)
   per_epoch = data.steps_per_epoch(len(dataset.train), config.batch_size)
   num_steps = config.num_steps or math.ceil(config.num_epochs * per_epoch)
   eval_every = config.eval_every_steps or per_epoch

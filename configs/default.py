@@ -15,12 +15,21 @@ def get_config():
 
   # ---- data ---------------------------------------------------------------------------------------
   config.data = ml_collections.ConfigDict()
-  config.data.name = 'digits'  # 'digits' (ships offline) or a TFDS image-classification dataset name.
+  # 'digits' (ships offline), 'image_folder' or 'idx' (files under data.path), or a TFDS name.
+  config.data.name = 'digits'
   config.data.tfds_data_dir = config_dict.placeholder(str)  # TFDS data dir; None = TFDS's default.
   config.data.download = False  # Let TFDS download and prepare a missing dataset (needs internet).
   config.data.train_split = 'train'  # Split (TFDS slicing syntax allowed) used for training.
   config.data.eval_split = 'test'  # Held-out split evaluated periodically and at the end.
+  config.data.path = config_dict.placeholder(str)  # Directory of 'image_folder' / 'idx' files.
   config.data.image_size = 0  # Resize images to this square size; 0 keeps the dataset's own size.
+  config.data.channels = 0  # Image folders: 1 = grey, 3 = RGB; 0 = the source's own (RGB).
+  config.data.resize = 'squash'  # 'squash' the whole image, or 'crop' the centre square.
+  config.data.validation_fraction = 0.2  # Image folders: share held out as 'validation'.
+  config.data.split_seed = 0  # Fixes which files are held out; independent of `seed`.
+  config.data.max_skip_fraction = 0.05  # Stop if more files than this are unreadable.
+  config.data.workers = 0  # Image-decoding threads; 0 = one per CPU core.
+  config.data.cache = True  # Keep decoded, resized folder images in PATH/.cnn_jax_cache.
 
   # ---- model --------------------------------------------------------------------------------------
   # `name` picks an entry of cnn_jax.models.MODELS; the other fields are that model's keyword

@@ -15,7 +15,7 @@ def test_shipped_configs_are_valid_and_their_models_fit_their_images(name, arg):
   config = load_config(name, arg)
   validate_config(config)
   with tfds.testing.mock_data(num_examples=2):  # Only the metadata is read.
-    info = data.describe_dataset(config.data.name, None, config.data.image_size)
+    info = data.describe_dataset(train.data_spec(config))
   model = train.build_model(config, info.num_classes)
   rows = summary.summarize(model, info.image_shape)
   assert rows[-1].output_shape == (info.num_classes,)

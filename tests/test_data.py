@@ -10,7 +10,7 @@ from cnn_jax.errors import UserError
 
 @pytest.fixture(scope='module')
 def digits():
-  return data.load_dataset('digits')
+  return data.load_dataset(data.DataSpec('digits'))
 
 
 def test_digits_split_is_fixed_disjoint_and_stratified(digits):
@@ -23,7 +23,7 @@ def test_digits_split_is_fixed_disjoint_and_stratified(digits):
   assert not any(row.tobytes() in train_rows for row in digits.eval.images)
   counts = np.bincount(digits.eval.labels, minlength=10)
   assert counts.min() >= 35 and counts.max() <= 37
-  again = data.load_dataset('digits')
+  again = data.load_dataset(data.DataSpec('digits'))
   np.testing.assert_array_equal(again.eval.labels, digits.eval.labels)
 
 
@@ -67,8 +67,8 @@ def test_eval_batches_cover_every_example_exactly_once(n, batch):
 
 def test_tfds_mnist_loads_through_data_source():
   with tfds.testing.mock_data(num_examples=12):
-    info = data.describe_dataset('mnist')
-    dataset = data.load_dataset('mnist', 'train', 'test')
+    info = data.describe_dataset(data.DataSpec('mnist'))
+    dataset = data.load_dataset(data.DataSpec('mnist'), 'train', 'test')
   assert info.num_classes == 10 and info.image_shape == (28, 28, 1)
   assert info.class_names[3] == '3'
   assert dataset.train.images.shape == (12, 28, 28, 1) and dataset.eval.labels.dtype == np.int32
@@ -77,15 +77,16 @@ def test_tfds_mnist_loads_through_data_source():
 def test_tfds_images_of_varying_size_are_resized_or_refused():
   with tfds.testing.mock_data(num_examples=6):
     with pytest.raises(UserError, match='image_size'):
-      data.describe_dataset('cats_vs_dogs')
-    dataset = data.load_dataset('cats_vs_dogs', 'train[:50%]', 'train[50%:]', image_size=24)
+      data.describe_dataset(data.DataSpec('cats_vs_dogs'))
+    dataset = data.load_dataset(data.DataSpec('cats_vs_dogs', image_size=24), 'train[:50%]',
+                                'train[50%:]')
   assert dataset.info.class_names == ('cat', 'dog')
   assert dataset.train.images.shape[1:] == (24, 24, 3)
 
 
 def test_missing_tfds_dataset_says_how_to_get_it(tmp_path):
   with pytest.raises(UserError) as error:
-    data.load_dataset('mnist', tfds_data_dir=str(tmp_path))
+    data.load_dataset(data.DataSpec('mnist', tfds_data_dir=str(tmp_path)))
   message = str(error.value)
   assert 'download_and_prepare' in message and 'tfds_data_dir' in message
   assert str(tmp_path) in message
@@ -93,6 +94,6 @@ def test_missing_tfds_dataset_says_how_to_get_it(tmp_path):
 
 def test_unknown_dataset_names_the_problem():
   with pytest.raises(UserError, match="config.data.name='mnsit'"):
-    data.describe_dataset('mnsit')
+    data.describe_dataset(data.DataSpec('mnsit'))
   with pytest.raises(UserError, match='splits'):
-    data.load_dataset('digits', eval_split='validation')
+    data.load_dataset(data.DataSpec('digits'), eval_split='validation')

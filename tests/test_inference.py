@@ -29,7 +29,7 @@ def workdir(tmp_path_factory):
 def image_dir(tmp_path_factory):
   """Test digits written as 8-bit PNGs (0–16 scaled to 0–255), plus three broken files."""
   path = tmp_path_factory.mktemp('images')
-  test = data.load_split('digits', 'test')
+  test = data.load_split(data.DataSpec('digits'), 'test')
   for i in range(12):
     pixels = np.round(test.images[i, ..., 0].astype(np.float32) * 255 / 16).astype(np.uint8)
     Image.fromarray(pixels).save(path / f'{i:02d}_label{test.labels[i]}.png')

@@ -1,94 +1,137 @@
-"""One entry point from a dataset name to in-memory train/eval splits and their metadata.
+"""One entry point from a data spec to in-memory train/eval splits and their metadata.
 
-Sources: 'digits' (offline, bundled with scikit-learn) and any TFDS image-classification dataset
-by name. Per-dataset facts live in `_SOURCES` below, not in branches through the code.
+Sources, chosen by `DataSpec.name`:
+  'digits'        the UCI handwritten digits bundled with scikit-learn (offline)
+  'image_folder'  the user's images under `path` (class subfolders or CLASS.N.jpg names)
+  'idx'           MNIST-format IDX files under `path`
+  anything else   a TFDS image-classification dataset of that name
 """
 
 import dataclasses
-from typing import Callable
+import os
 
-from cnn_jax.data import digits, tfds_source
-from cnn_jax.data.batching import eval_batches, train_batch, steps_per_epoch
+from cnn_jax.data import cache, digits, idx, image_folder, tfds_source
+from cnn_jax.data.batching import eval_batches, steps_per_epoch, train_batch
 from cnn_jax.data.dataset import Dataset, DatasetInfo, Normalizer, Split
-from cnn_jax.data.images import resize_images
+from cnn_jax.data.images import RESIZE_MODES, resize_images
 from cnn_jax.errors import UserError
 
-__all__ = ['Dataset', 'DatasetInfo', 'Normalizer', 'Split', 'describe_dataset', 'load_dataset',
-           'load_split', 'raw_max_value', 'eval_batches', 'train_batch', 'steps_per_epoch']
+__all__ = ['DataSpec', 'Dataset', 'DatasetInfo', 'Normalizer', 'Split', 'describe_dataset',
+           'load_dataset', 'load_split', 'raw_max_value', 'eval_batches', 'train_batch',
+           'steps_per_epoch', 'LOCAL_SOURCES', 'RESIZE_MODES']
+
+LOCAL_SOURCES = ('digits', 'image_folder', 'idx')
+_MAX_VALUE = {'digits': digits.MAX_VALUE}  # Largest raw pixel value; 255 for every other source.
 
 
 @dataclasses.dataclass(frozen=True)
-class _LocalSource:
-  info: DatasetInfo
-  max_value: float  # Largest raw pixel value, for scaling to [0, 1].
-  splits: tuple[str, ...]
-  load_split: Callable[[str], Split]
+class DataSpec:
+  """Where the data comes from and how it is decoded (see configs/default.py for each field)."""
+  name: str = 'digits'
+  path: str | None = None
+  tfds_data_dir: str | None = None
+  download: bool = False
+  image_size: int = 0
+  channels: int = 0  # 0: the source's own (RGB for image folders).
+  resize: str = 'squash'
+  validation_fraction: float = 0.2
+  split_seed: int = 0
+  max_skip_fraction: float = 0.05
+  workers: int = 0  # Decoding threads; 0 = one per CPU core.
+  cache: bool = True
 
 
-_SOURCES = {
-    'digits': _LocalSource(digits.INFO, digits.MAX_VALUE, digits.SPLITS, digits.load_split),
-}
-_TFDS_MAX_VALUE = 255.0  # TFDS image features are uint8.
+def _needs_path(spec: DataSpec) -> str:
+  if not spec.path:
+    raise UserError(f"config.data.name={spec.name!r} reads local files: set --config.data.path "
+                    '(a directory).')
+  if not os.path.isdir(spec.path):
+    raise UserError(f'config.data.path={spec.path!r} is not a directory.')
+  return spec.path
 
 
-def describe_dataset(name: str, tfds_data_dir: str | None = None,
-                     image_size: int = 0) -> DatasetInfo:
-  """Returns the dataset's metadata (classes, image shape after resizing) without loading it.
+def describe_dataset(spec: DataSpec) -> DatasetInfo:
+  """Returns the dataset's metadata (classes, image shape after resizing) without decoding it.
 
   Raises:
-    UserError: unknown dataset, or images of varying size with no `image_size` to resize them to.
+    UserError: unknown dataset, missing path, or images of varying size and no `image_size`.
   """
-  if name in _SOURCES:
-    info = _SOURCES[name].info
-    if image_size:
-      info = dataclasses.replace(info, image_shape=(image_size, image_size, info.image_shape[2]))
-    return info
-  class_names, (height, width, channels) = tfds_source.describe(name, tfds_data_dir)
-  if image_size:
-    height = width = image_size
+  if spec.name == 'image_folder':
+    index = image_folder.index_folder(_needs_path(spec))
+    if not spec.image_size:
+      raise UserError('images in a folder vary in size: set --config.data.image_size=N to resize '
+                      'them all to N×N (e.g. 128).')
+    shape = (spec.image_size, spec.image_size, spec.channels or 3)
+    return DatasetInfo(os.path.basename(os.path.normpath(spec.path)), len(index.class_names),
+                       index.class_names, shape)
+  if spec.name in ('digits', 'idx'):
+    if spec.name == 'digits':
+      num_classes, shape, names = 10, digits.INFO.image_shape, digits.INFO.class_names
+    else:
+      num_classes, shape = idx.describe(_needs_path(spec))
+      names = tuple(str(i) for i in range(num_classes))
+    if spec.channels not in (0, 1):
+      raise UserError(f'{spec.name!r} images are grey: config.data.channels must be 0 or 1.')
+    if spec.image_size:
+      shape = (spec.image_size, spec.image_size, 1)
+    return DatasetInfo(spec.name, num_classes, names, tuple(shape))
+  class_names, (height, width, channels) = tfds_source.describe(spec.name, spec.tfds_data_dir)
+  if spec.image_size:
+    height = width = spec.image_size
   elif height is None or width is None:
-    raise UserError(f'{name!r} images vary in size; set --config.data.image_size=N to resize them '
-                    'to N×N (e.g. 160 for cats_vs_dogs).')
-  return DatasetInfo(name, len(class_names), class_names, (height, width, channels))
+    raise UserError(f'{spec.name!r} images vary in size; set --config.data.image_size=N to resize '
+                    'them to N×N (e.g. 160 for cats_vs_dogs).')
+  return DatasetInfo(spec.name, len(class_names), class_names, (height, width, channels))
 
 
-def load_split(name: str, split: str, tfds_data_dir: str | None = None, download: bool = False,
-               image_size: int = 0) -> Split:
+def _load_folder_split(spec: DataSpec, split: str) -> Split:
+  index = image_folder.index_folder(_needs_path(spec))
+  files, labels = image_folder.split_files(index, split, spec.validation_fraction, spec.split_seed)
+  channels = spec.channels or 3
+  decode = lambda: image_folder.decode_split(files, labels, spec.image_size, channels,
+                                             spec.resize, spec.workers or os.cpu_count(),
+                                             spec.max_skip_fraction)
+  if not spec.cache:
+    return decode()
+  key = cache.cache_key(files, labels=labels, size=spec.image_size, channels=channels,
+                        resize=spec.resize)
+  loaded, _ = cache.cached_split(os.path.join(spec.path, '.cnn_jax_cache'), split, key, decode)
+  return loaded
+
+
+def load_split(spec: DataSpec, split: str) -> Split:
   """Loads one split into host memory as raw pixels (uint8 [N, H, W, C]) and int32 labels.
 
-  Args:
-    name: 'digits' or a TFDS image-classification dataset name.
-    split: the split, e.g. 'test' or (TFDS) 'train[80%:]'.
-    tfds_data_dir: TFDS data directory; None for TFDS's default.
-    download: let TFDS download and prepare a missing dataset.
-    image_size: resize images to image_size × image_size; 0 keeps their size.
+  Raises:
+    UserError: an unknown split or source, or (image folders) too many unreadable files.
   """
-  describe_dataset(name, tfds_data_dir, image_size)  # Name and size problems, before any reading.
-  if name not in _SOURCES:
-    return tfds_source.load_split(name, split, tfds_data_dir, download, image_size)
-  source = _SOURCES[name]
-  if split not in source.splits:
-    raise UserError(f'{name!r} has splits {source.splits}; got {split!r}.')
-  loaded = source.load_split(split)
-  return Split(resize_images(loaded.images, image_size), loaded.labels) if image_size else loaded
+  describe_dataset(spec)  # Name, path and size problems, before any decoding.
+  if spec.name == 'image_folder':
+    return _load_folder_split(spec, split)
+  if spec.name == 'digits':
+    if split not in digits.SPLITS:
+      raise UserError(f"'digits' has splits {digits.SPLITS}; got {split!r}.")
+    loaded = digits.load_split(split)
+  elif spec.name == 'idx':
+    loaded = idx.load_split(spec.path, split)
+  else:
+    return tfds_source.load_split(spec.name, split, spec.tfds_data_dir, spec.download,
+                                  spec.image_size)
+  return Split(resize_images(loaded.images, spec.image_size), loaded.labels) if (
+      spec.image_size) else loaded
 
 
 def raw_max_value(name: str) -> float:
-  """Returns the largest raw pixel value of dataset `name` (16 for digits, 255 for TFDS images)."""
-  return _SOURCES[name].max_value if name in _SOURCES else _TFDS_MAX_VALUE
+  """Returns the largest raw pixel value of source `name` (16 for digits, 255 otherwise)."""
+  return _MAX_VALUE.get(name, 255.0)
 
 
-def load_dataset(name: str, train_split: str = 'train', eval_split: str = 'test',
-                 tfds_data_dir: str | None = None, download: bool = False,
-                 image_size: int = 0) -> Dataset:
+def load_dataset(spec: DataSpec, train_split: str = 'train', eval_split: str = 'test') -> Dataset:
   """Loads both splits into host memory and fits the input normalisation on the training split.
-
-  Args: as for `load_split`, with the two splits to train and evaluate on.
 
   Returns:
     A `Dataset` whose splits hold raw pixels; `dataset.normalizer` maps them to model inputs.
   """
-  info = describe_dataset(name, tfds_data_dir, image_size)
-  train, held_out = (load_split(name, split, tfds_data_dir, download, image_size)
-                     for split in (train_split, eval_split))
-  return Dataset(info, train, held_out, Normalizer.fit(train.images, raw_max_value(name)))
+  info = describe_dataset(spec)
+  train, held_out = (load_split(spec, split) for split in (train_split, eval_split))
+  return Dataset(info, train, held_out, Normalizer.fit(train.images, raw_max_value(spec.name)))

@@ -28,9 +28,11 @@ class Split:
   Attributes:
     images: uint8 or float32 [N, H, W, C], raw pixel values (not yet normalised).
     labels: int32 [N].
+    skipped: (file, reason) for each source file that could not be read and was left out.
   """
   images: np.ndarray
   labels: np.ndarray
+  skipped: tuple[tuple[str, str], ...] = ()
 
   def __post_init__(self):
     if len(self.images) != len(self.labels):

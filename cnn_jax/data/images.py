@@ -12,6 +12,29 @@ class UnreadableImage(Exception):
   """A file that is not a decodable image (empty, truncated, or another kind of file)."""
 
 
+RESIZE_MODES = ('squash', 'crop')
+
+
+def _decode(path: str, channels: int, draft_size: int | None = None) -> Image.Image:
+  """Opens and fully decodes `path` as grey (channels=1) or RGB, whatever its own mode."""
+  if os.path.getsize(path) == 0:
+    raise UnreadableImage('empty file (0 bytes)')
+  mode = 'L' if channels == 1 else 'RGB'
+  try:
+    with Image.open(path) as image:
+      if draft_size:  # JPEG only: decode at 1/2, 1/4 or 1/8 scale if that still covers the size.
+        image.draft(mode, (draft_size, draft_size))
+      image.load()  # Decodes now, so a truncated file fails here rather than later.
+      return image.convert(mode)
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise UnreadableImage(f'not a readable image: {e}') from None
+
+
+def _to_array(image: Image.Image, channels: int) -> np.ndarray:
+  array = np.asarray(image, np.uint8)
+  return array[..., None] if channels == 1 else array
+
+
 def read_image(path: str, channels: int) -> np.ndarray:
   """Decodes an image file to uint8 [H, W, channels]: 1 = grey, 3 = RGB.
 
@@ -21,16 +44,26 @@ def read_image(path: str, channels: int) -> np.ndarray:
   Raises:
     UnreadableImage: the file is empty, truncated or not an image; the message says which.
   """
-  if os.path.getsize(path) == 0:
-    raise UnreadableImage('empty file (0 bytes)')
-  try:
-    with Image.open(path) as image:
-      image.load()  # Decodes now, so a truncated file fails here rather than later.
-      converted = image.convert('L' if channels == 1 else 'RGB')
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise UnreadableImage(f'not a readable image: {e}') from None
-  array = np.asarray(converted, np.uint8)
-  return array[..., None] if channels == 1 else array
+  return _to_array(_decode(path, channels), channels)
+
+
+def load_resized(path: str, size: int, channels: int, resize: str = 'squash') -> np.ndarray:
+  """Decodes `path` straight to uint8 [size, size, channels].
+
+  resize: 'squash' scales the whole image to size × size (aspect ratio not kept); 'crop' scales
+  the shorter side to `size` and keeps the centre square. Large JPEGs are decoded at a reduced
+  scale first (PIL's draft mode), several times faster with no visible loss after the resize.
+
+  Raises:
+    UnreadableImage: as for `read_image`.
+  """
+  image = _decode(path, channels, draft_size=size)
+  if resize == 'crop':
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+  return _to_array(image.resize((size, size), Image.BILINEAR), channels)
 
 
 def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

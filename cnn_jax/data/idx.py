@@ -1,0 +1,76 @@
+"""MNIST-format IDX files from a directory: MNIST, Fashion-MNIST and EMNIST ship in this format.
+
+    DIR/train-images-idx3-ubyte[.gz]   DIR/train-labels-idx1-ubyte[.gz]
+    DIR/t10k-images-idx3-ubyte[.gz]    DIR/t10k-labels-idx1-ubyte[.gz]
+
+An IDX file is a 4-byte magic number (two zero bytes, a type code, the number of dimensions), the
+dimensions as big-endian int32, then the values. Splits are 'train' and 'test' (the t10k files).
+"""
+
+import gzip
+import os
+
+import numpy as np
+
+from cnn_jax.data.dataset import Split
+from cnn_jax.errors import UserError
+
+SPLITS = {'train': 'train', 'test': 't10k'}
+_UBYTE = 0x08  # The only type MNIST-style image and label files use.
+
+
+def _open(path: str):
+  return gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Returns the uint8 array stored in an IDX file (gzipped or not).
+
+  Raises:
+    UserError: the file is not an IDX file of unsigned bytes, or is shorter than its header says.
+  """
+  try:
+    with _open(path) as f:
+      raw = f.read()
+  except (OSError, EOFError) as e:
+    raise UserError(f'cannot read {path}: {e}') from None
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+    raise UserError(f'{path} is not an IDX file (bad magic number {raw[:4].hex()}).')
+  if raw[2] != _UBYTE:
+    raise UserError(f'{path} holds IDX type 0x{raw[2]:02x}; only unsigned bytes (0x08) are read.')
+  ndim = raw[3]
+  shape = tuple(int(d) for d in np.frombuffer(raw, '>i4', count=ndim, offset=4))
+  data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+  if data.size != int(np.prod(shape)):
+    raise UserError(f'{path} is truncated or padded: its header says {shape} = {np.prod(shape):,} '
+                    f'values, it holds {data.size:,}.')
+  return data.reshape(shape)
+
+
+def _find(directory: str, prefix: str, kind: str) -> str:
+  for suffix in ('', '.gz'):
+    for separator in ('-', '.'):  # Some mirrors write 'train-images.idx3-ubyte'.
+      path = os.path.join(directory, f'{prefix}-{kind}{separator}idx{3 if kind == "images" else 1}'
+                          f'-ubyte{suffix}')
+      if os.path.exists(path):
+        return path
+  raise UserError(f'no {prefix}-{kind}-idx{3 if kind == "images" else 1}-ubyte[.gz] in '
+                  f'{directory!r}; config.data.path must be a directory of MNIST-format IDX files.')
+
+
+def load_split(directory: str, split: str) -> Split:
+  """Loads split 'train' or 'test' of the IDX files in `directory` as [N, H, W, 1] uint8 images."""
+  if split not in SPLITS:
+    raise UserError(f'IDX files have splits {tuple(SPLITS)}; got {split!r}.')
+  images = read_idx(_find(directory, SPLITS[split], 'images'))
+  labels = read_idx(_find(directory, SPLITS[split], 'labels'))
+  if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+    raise UserError(f'{directory}: expected images [N, H, W] and labels [N], found '
+                    f'{images.shape} and {labels.shape}.')
+  return Split(images[..., None], labels.astype(np.int32))
+
+
+def describe(directory: str) -> tuple[int, tuple[int, int, int]]:
+  """Returns (number of classes, image shape) from the training files' headers and labels."""
+  train = load_split(directory, 'train')
+  return int(train.labels.max()) + 1, train.images.shape[1:]

@@ -1,0 +1,131 @@
+"""The user's own images: one subfolder per class, or the class in the file name.
+
+Layouts recognised (the class names come from the folders or file names, sorted):
+  DIR/cat/*.jpg, DIR/dog/*.jpg          one subfolder per class (Keras image_dataset_from_directory)
+  DIR/PetImages/Cat, DIR/PetImages/Dog  the Microsoft cats-and-dogs archive: one wrapper folder
+  DIR/cat.123.jpg, DIR/dog.45.jpg       Kaggle "dogs-vs-cats": the class before the first '.'
+
+Splits: 'train' and 'validation', a deterministic split by `validation_fraction` and `split_seed`
+(the files are shuffled with the seed, and the last fraction is held out, as Keras does). Files
+that cannot be decoded are skipped and reported; readable odd ones (grey, CMYK, RGBA, a PNG named
+.jpg) are converted.
+"""
+
+import concurrent.futures
+import dataclasses
+import os
+
+import numpy as np
+
+from cnn_jax.data import images
+from cnn_jax.data.dataset import Split
+from cnn_jax.errors import UserError
+
+SPLITS = ('train', 'validation')
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderIndex:
+  """Every image file of a folder dataset with its label, in a fixed (sorted) order."""
+  root: str
+  class_names: tuple[str, ...]
+  files: tuple[str, ...]
+  labels: tuple[int, ...]
+
+
+def _image_files(directory: str) -> list[str]:
+  return sorted(os.path.join(root, name) for root, _, names in os.walk(directory)
+                for name in names if name.lower().endswith(images.IMAGE_EXTENSIONS))
+
+
+def index_folder(path: str) -> FolderIndex:
+  """Finds the classes and files under `path` in any of the layouts above.
+
+  Raises:
+    UserError: the directory is missing, empty, or has fewer than two classes.
+  """
+  if not os.path.isdir(path):
+    raise UserError(f'config.data.path={path!r} is not a directory.')
+  subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))
+                   and not d.startswith('.'))
+  flat = sorted(os.path.join(path, n) for n in os.listdir(path)
+                if n.lower().endswith(images.IMAGE_EXTENSIONS)
+                and os.path.isfile(os.path.join(path, n)))
+  if len(subdirs) == 1 and not flat:  # A wrapper such as PetImages/: look inside it.
+    return index_folder(os.path.join(path, subdirs[0]))
+  if subdirs and len(subdirs) >= 2:
+    class_names = tuple(subdirs)
+    files, labels = [], []
+    for label, name in enumerate(class_names):
+      found = _image_files(os.path.join(path, name))
+      files += found
+      labels += [label] * len(found)
+  else:  # Kaggle layout: the class is the file name up to the first '.'.
+    files = flat
+    prefixes = [os.path.basename(f).split('.')[0].lower() for f in files]
+    class_names = tuple(sorted(set(prefixes)))
+    labels = [class_names.index(p) for p in prefixes]
+  if len(class_names) < 2 or not files:
+    raise UserError(
+        f'{path!r} holds {len(files)} images in {len(class_names)} class(es); put each class in '
+        'its own subfolder (DIR/cat/*.jpg, DIR/dog/*.jpg) or name files CLASS.N.jpg.')
+  return FolderIndex(path, class_names, tuple(files), tuple(labels))
+
+
+def split_indices(num_files: int, split: str, validation_fraction: float,
+                  split_seed: int) -> np.ndarray:
+  """Returns the file indices of `split`: disjoint, covering all files, fixed by the seed."""
+  if split not in SPLITS:
+    raise UserError(f'an image folder has splits {SPLITS}; got {split!r}.')
+  order = np.random.default_rng(split_seed).permutation(num_files)
+  num_validation = int(round(num_files * validation_fraction))
+  chosen = order[num_files - num_validation:] if split == 'validation' else order[
+      :num_files - num_validation]
+  return np.sort(chosen)
+
+
+def decode_files(files: list[str], size: int, channels: int, resize: str,
+                 workers: int) -> tuple[list[np.ndarray | None], list[tuple[str, str]]]:
+  """Decodes and resizes `files` with `workers` threads (PIL releases the GIL while decoding).
+
+  Returns:
+    (arrays, skipped): arrays[i] is uint8 [size, size, channels] or None if file i was unreadable;
+    skipped lists (file, reason) for those.
+  """
+  def load(path):
+    try:
+      return images.load_resized(path, size, channels, resize), None
+    except (images.UnreadableImage, OSError) as e:
+      return None, str(e)
+
+  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    results = list(pool.map(load, files, chunksize=64))
+  skipped = [(f, reason) for f, (_, reason) in zip(files, results) if reason is not None]
+  return [array for array, _ in results], skipped
+
+
+def split_files(index: FolderIndex, split: str, validation_fraction: float,
+                split_seed: int) -> tuple[list[str], list[int]]:
+  """Returns the (files, labels) of `split`."""
+  chosen = split_indices(len(index.files), split, validation_fraction, split_seed)
+  return [index.files[i] for i in chosen], [index.labels[i] for i in chosen]
+
+
+def decode_split(files: list[str], labels: list[int], size: int, channels: int, resize: str,
+                 workers: int, max_skip_fraction: float) -> Split:
+  """Decodes `files` into a Split whose `skipped` lists the unreadable ones.
+
+  Raises:
+    UserError: more than `max_skip_fraction` of the files are unreadable (the message lists some),
+      which usually means a wrong directory or a damaged download rather than a few bad photos.
+  """
+  arrays, skipped = decode_files(files, size, channels, resize, workers)
+  if len(skipped) > max_skip_fraction * len(files):
+    examples = '; '.join(f'{f}: {reason}' for f, reason in skipped[:5])
+    raise UserError(
+        f'{len(skipped):,} of {len(files):,} files ({len(skipped) / len(files):.1%}) could not be '
+        f'read, more than config.data.max_skip_fraction={max_skip_fraction}. For example: '
+        f'{examples}. Remove or repair them, or raise the threshold.')
+  keep = [i for i, array in enumerate(arrays) if array is not None]
+  return Split(np.stack([arrays[i] for i in keep]),
+               np.asarray([labels[i] for i in keep], np.int32), tuple(skipped))

@@ -1,0 +1,164 @@
+"""The user's own files: IDX directories and image folders, with every kind of bad file."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnn_jax import data, train
+from cnn_jax.data import cache, idx, image_folder
+from cnn_jax.errors import UserError
+from conftest import load_config
+
+BAD_FILES = {'truncated.jpg', 'empty.jpg', 'notes.jpg'}
+
+
+def _write_idx(path, array, compress):
+  header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, '>i4').tobytes()
+  payload = header + array.astype(np.uint8).tobytes()
+  with (gzip.open(path + '.gz', 'wb') if compress else open(path, 'wb')) as f:
+    f.write(payload)
+
+
+@pytest.fixture(scope='module')
+def idx_dir(tmp_path_factory):
+  """The digits data written as MNIST-format IDX files (train gzipped, test not)."""
+  root = tmp_path_factory.mktemp('idx')
+  for split, prefix, compress in (('train', 'train', True), ('test', 't10k', False)):
+    part = data.load_split(data.DataSpec('digits'), split)
+    _write_idx(str(root / f'{prefix}-images-idx3-ubyte'), part.images[..., 0] * 15, compress)
+    _write_idx(str(root / f'{prefix}-labels-idx1-ubyte'), part.labels, compress)
+  return root
+
+
+def _colour_image(rng, label, size):
+  """A photo-sized stand-in: class 0 ('cat') is reddish, class 1 ('dog') bluish, with noise."""
+  image = rng.integers(0, 120, (*size, 3))
+  image[..., 0 if label == 0 else 2] += 120
+  return Image.fromarray(image.astype(np.uint8))
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+  """cat/ and dog/: 30 images each in assorted sizes and modes, a grey one, three unreadable."""
+  root = tmp_path_factory.mktemp('pets')
+  rng = np.random.default_rng(0)
+  for label, name in enumerate(('cat', 'dog')):
+    os.makedirs(root / name)
+    for i in range(30):
+      image = _colour_image(rng, label, (int(rng.integers(20, 60)), int(rng.integers(20, 60))))
+      if i % 5 == 1:
+        image = image.convert('RGBA')
+        image.save(root / name / f'{i}.png')
+      elif i % 5 == 2:
+        image.convert('CMYK').save(root / name / f'{i}.jpg')
+      elif i % 5 == 3:
+        image.save(root / name / f'{i}.jpg', format='PNG')  # A PNG named .jpg.
+      else:
+        image.save(root / name / f'{i}.jpg', quality=90)
+  Image.fromarray(rng.integers(0, 255, (25, 25)).astype(np.uint8), 'L').save(root / 'cat' /
+                                                                             'grey.png')
+  good = (root / 'dog' / '0.jpg').read_bytes()
+  (root / 'dog' / 'truncated.jpg').write_bytes(good[:len(good) // 3])
+  (root / 'cat' / 'empty.jpg').write_bytes(b'')
+  (root / 'dog' / 'notes.jpg').write_text('this is not an image')
+  return root
+
+
+def test_idx_files_load_and_validate(idx_dir, tmp_path):
+  spec = data.DataSpec('idx', path=str(idx_dir))
+  info = data.describe_dataset(spec)
+  assert info.num_classes == 10 and info.image_shape == (8, 8, 1)
+  assert len(data.load_split(spec, 'train')) == 1437 and len(data.load_split(spec, 'test')) == 360
+  (tmp_path / 'train-images-idx3-ubyte').write_bytes(b'\x08\x03\x00\x00')
+  with pytest.raises(UserError, match='not an IDX file'):
+    idx.read_idx(str(tmp_path / 'train-images-idx3-ubyte'))
+  full = (idx_dir / 't10k-images-idx3-ubyte').read_bytes()
+  (tmp_path / 'short').write_bytes(full[:-10])
+  with pytest.raises(UserError, match='truncated'):
+    idx.read_idx(str(tmp_path / 'short'))
+  with pytest.raises(UserError, match='no train-images-idx3-ubyte'):
+    os.makedirs(tmp_path / 'empty')
+    data.describe_dataset(data.DataSpec('idx', path=str(tmp_path / 'empty')))
+
+
+def test_training_on_idx_files_learns(idx_dir, tmp_path):
+  config = load_config('digits')
+  config.data.name, config.data.path = 'idx', str(idx_dir)
+  config.num_steps, config.progress_bar = 220, False
+  assert train.train_and_evaluate(config, str(tmp_path))['accuracy'] > 0.8
+
+
+def test_image_folder_reads_every_odd_file_and_reports_the_bad_ones(folder, tmp_path):
+  config = load_config('digits')
+  config.data.update(name='image_folder', path=str(folder), image_size=16,
+                     validation_fraction=0.25, max_skip_fraction=0.1, cache=False)
+  config.data.train_split, config.data.eval_split = 'train', 'validation'
+  config.model.update(features=(8,), dense=())
+  config.num_steps, config.eval_every_steps, config.progress_bar = 60, 30, False
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert metrics['accuracy'] >= 0.9  # Reddish vs bluish: any working pipeline separates them.
+  listed = (tmp_path / 'skipped_files.txt').read_text().splitlines()
+  assert {os.path.basename(line.split('\t')[1]) for line in listed} == BAD_FILES
+  assert metrics['count'] + sum(line.startswith('eval') for line in listed) == 16  # 64 × 0.25
+
+
+def test_too_many_bad_files_stop_the_run(folder):
+  spec = data.DataSpec('image_folder', path=str(folder), image_size=16, max_skip_fraction=0.01,
+                       cache=False, validation_fraction=0.0)
+  with pytest.raises(UserError, match=r'3 of 64 files .*max_skip_fraction=0.01'):
+    data.load_split(spec, 'train')
+
+
+def test_validation_split_is_disjoint_complete_and_fixed_by_its_seed(folder):
+  index = image_folder.index_folder(str(folder))
+  assert index.class_names == ('cat', 'dog') and len(index.files) == 64
+  def split(name, seed):
+    return set(image_folder.split_files(index, name, 0.2, seed)[0])
+  train_files, validation_files = split('train', 0), split('validation', 0)
+  assert not train_files & validation_files
+  assert len(train_files | validation_files) == 64 and len(validation_files) == 13
+  assert split('validation', 0) == validation_files and split('validation', 1) != validation_files
+
+
+def test_kaggle_and_petimages_layouts(tmp_path):
+  rng = np.random.default_rng(1)
+  kaggle = tmp_path / 'train'
+  pet = tmp_path / 'kagglecatsanddogs' / 'PetImages'
+  os.makedirs(kaggle)
+  for label, name in enumerate(('cat', 'dog')):
+    os.makedirs(pet / name.capitalize())
+    for i in range(3):
+      _colour_image(rng, label, (20, 30)).save(kaggle / f'{name}.{i}.jpg')
+      _colour_image(rng, label, (20, 30)).save(pet / name.capitalize() / f'{i}.jpg')
+  kaggle_index = image_folder.index_folder(str(kaggle))
+  assert kaggle_index.class_names == ('cat', 'dog') and kaggle_index.labels == (0, 0, 0, 1, 1, 1)
+  pet_index = image_folder.index_folder(str(tmp_path / 'kagglecatsanddogs'))
+  assert pet_index.class_names == ('Cat', 'Dog') and len(pet_index.files) == 6
+
+
+def test_decoded_cache_is_reused_and_invalidated(folder, tmp_path):
+  spec = data.DataSpec('image_folder', path=str(folder), image_size=12, max_skip_fraction=0.1)
+  first = data.load_split(spec, 'train')
+  cache_dir = folder / '.cnn_jax_cache'
+  assert len(list(cache_dir.glob('train-*.npz'))) == 1
+  index = image_folder.index_folder(str(folder))
+  files, labels = image_folder.split_files(index, 'train', 0.2, 0)
+  key = cache.cache_key(files, labels=labels, size=12, channels=3, resize='squash')
+  again, from_cache = cache.cached_split(str(cache_dir), 'train', key, lambda: 1 / 0)
+  assert from_cache
+  np.testing.assert_array_equal(again.images, first.images)
+  assert again.skipped == first.skipped and len(first.skipped) >= 1
+  os.utime(files[0], ns=(1, 1))  # Touching a file changes the key: no stale cache is read.
+  assert cache.cache_key(files, labels=labels, size=12, channels=3, resize='squash') != key
+
+
+def test_crop_keeps_the_centre_and_squash_the_whole_image(tmp_path):
+  from cnn_jax.data import images  # pylint: disable=g-import-not-at-top
+  wide = np.zeros((10, 30, 3), np.uint8)
+  wide[:, 10:20] = 255  # A white centre square between black sides.
+  Image.fromarray(wide).save(tmp_path / 'wide.png')
+  assert images.load_resized(str(tmp_path / 'wide.png'), 10, 3, 'crop').min() == 255
+  assert images.load_resized(str(tmp_path / 'wide.png'), 10, 3, 'squash').min() == 0
