@@ -17,6 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from cnn_jax import cli
+from cnn_jax.augment import Augmentation
 
 
 
@@ -70,7 +71,8 @@ def measure(config, num_steps: int, warmup: int, real_data: bool) -> dict[str, f
                     for _ in range(min(num_steps, 8))]
   batches = [jax.device_put(b) for b in host_batches]
 
-  train_step = steps.make_train_step(model, tx, config.label_smoothing)
+  train_step = steps.make_train_step(model, tx, config.label_smoothing,
+                                     Augmentation(**config.augment))
   start = time.perf_counter()
   train_step = train_step.lower(state, batches[0]).compile()
   results['train_compile_s'] = time.perf_counter() - start

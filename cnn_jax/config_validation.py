@@ -75,6 +75,12 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   _check_number(p, 'optimizer.momentum', opt.momentum, low=0, high=0.999)
   _check_number(p, 'optimizer.weight_decay', opt.weight_decay, low=0)
   _check_number(p, 'optimizer.grad_clip_norm', opt.grad_clip_norm, low=0)
+  aug = config.augment
+  _check_number(p, 'augment.crop_padding', aug.crop_padding, low=0, integer=True)
+  _check_number(p, 'augment.rotation_degrees', aug.rotation_degrees, low=0, high=180)
+  if aug.horizontal_flip and d.name in data.NO_HORIZONTAL_FLIP:
+    p.append(f'config.augment.horizontal_flip=True mirrors images, which changes what a '
+             f'{d.name!r} image means (a mirrored 2 is not a 2); leave it off for this dataset')
   ckpt = config.checkpoint
   _check_number(p, 'checkpoint.every_steps', ckpt.every_steps, low=0, integer=True)
   _check_number(p, 'checkpoint.every_minutes', ckpt.every_minutes, low=0)

@@ -13,7 +13,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cnn_jax.augment import Augmentation, augment_batch
+
 Batch = dict[str, jax.Array]
+_AUGMENT_STREAM = 1  # fold_in index deriving the augmentation key from the step's key.
 Metrics = dict[str, jax.Array]
 
 
@@ -48,19 +51,24 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    label_smoothing: float = 0.0) -> Callable[[TrainState, Batch],
-                                                              tuple[TrainState, Metrics]]:
+                    label_smoothing: float = 0.0,
+                    augmentation: Augmentation = Augmentation()) -> Callable[
+                        [TrainState, Batch], tuple[TrainState, Metrics]]:
   """Returns the jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated.
 
+  The batch is augmented on the device first (see `cnn_jax.augment`), if `augmentation` says so.
   metrics: {'loss': mean training loss of the batch, 'accuracy': its top-1 accuracy}.
   """
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     dropout_rng = jax.random.fold_in(state.rng, state.step)
+    images = batch['image']
+    if augmentation.active:  # A stream of its own, so dropout draws the same with or without it.
+      images = augment_batch(images, jax.random.fold_in(dropout_rng, _AUGMENT_STREAM), augmentation)
 
     def loss_fn(params):
       logits, updates = model.apply(
-          {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+          {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
           rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
       loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
       return loss, (logits, updates.get('batch_stats', {}))

@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from cnn_jax import checkpoint, data, models, optim, signals, steps, summary
+from cnn_jax.augment import Augmentation
 from cnn_jax.config_validation import model_kwargs, validate_config
 from cnn_jax.errors import UserError
 from cnn_jax.metric_writers import MetricWriter
@@ -153,7 +154,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state = checkpoint.warm_start(state, config.init_from, config.init_layers)
     save_run_record(workdir, config)
     save_dataset_record(workdir, dataset.info, dataset.normalizer)
-    train_step = steps.make_train_step(model, tx, config.label_smoothing)
+    train_step = steps.make_train_step(model, tx, config.label_smoothing,
+                                       Augmentation(**config.augment))
     eval_step = steps.make_eval_step(model)
 
     # ---- loop --------------------------------------------------------------------------------------

@@ -31,6 +31,12 @@ def get_config():
   config.data.workers = 0  # Image-decoding threads; 0 = one per CPU core.
   config.data.cache = True  # Keep decoded, resized folder images in PATH/.cnn_jax_cache.
 
+  # ---- augmentation (training only, on the device; deterministic given the seed) ------------------
+  config.augment = ml_collections.ConfigDict()
+  config.augment.crop_padding = 0  # Pad by this many pixels, then crop back at a random offset.
+  config.augment.horizontal_flip = False  # Mirror half the images (refused for digit datasets).
+  config.augment.rotation_degrees = 0.0  # Rotate by a random angle within ± this.
+
   # ---- model --------------------------------------------------------------------------------------
   # `name` picks an entry of cnn_jax.models.MODELS; the other fields are that model's keyword
   # arguments (a config that picks another model replaces this whole block).

@@ -96,6 +96,7 @@ def test_image_folder_reads_every_odd_file_and_reports_the_bad_ones(folder, tmp_
   config.data.update(name='image_folder', path=str(folder), image_size=16,
                      validation_fraction=0.25, max_skip_fraction=0.1, cache=False)
   config.data.train_split, config.data.eval_split = 'train', 'validation'
+  config.augment.update(crop_padding=2, horizontal_flip=True)  # Through the real training step.
   config.model.update(features=(8,), dense=())
   config.num_steps, config.eval_every_steps, config.progress_bar = 60, 30, False
   metrics = train.train_and_evaluate(config, str(tmp_path))

@@ -18,10 +18,12 @@ from cnn_jax.errors import UserError
 
 __all__ = ['DataSpec', 'Dataset', 'DatasetInfo', 'Normalizer', 'Split', 'describe_dataset',
            'load_dataset', 'load_split', 'raw_max_value', 'eval_batches', 'train_batch',
-           'steps_per_epoch', 'LOCAL_SOURCES', 'RESIZE_MODES']
+           'steps_per_epoch', 'LOCAL_SOURCES', 'NO_HORIZONTAL_FLIP', 'RESIZE_MODES']
 
 LOCAL_SOURCES = ('digits', 'image_folder', 'idx')
 _MAX_VALUE = {'digits': digits.MAX_VALUE}  # Largest raw pixel value; 255 for every other source.
+# Datasets whose classes a mirror image would change (a mirrored 2 or 7 is not a digit).
+NO_HORIZONTAL_FLIP = ('digits', 'mnist', 'emnist', 'kmnist', 'svhn_cropped', 'idx')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,75 @@
+"""Training-time augmentation on the device, inside the jitted train step.
+
+Random crop with zero padding, horizontal flip and small rotations, applied to a normalised batch
+[B, H, W, C]. The key comes from the step's key, so augmentation is deterministic given the seed
+and a resumed run draws the same crops and flips. Zero padding is the mean colour, because the
+images are already normalised. Evaluation never augments.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """What to do to each training image; the default does nothing.
+
+  Attributes:
+    crop_padding: pad each side by this many pixels, then crop a random H × W window back out.
+    horizontal_flip: mirror left-right with probability 1/2 (never for digits: a mirrored 2 is no
+      longer a 2).
+    rotation_degrees: rotate by an angle drawn uniformly from ±this, about the centre (bilinear).
+  """
+  crop_padding: int = 0
+  horizontal_flip: bool = False
+  rotation_degrees: float = 0.0
+
+  @property
+  def active(self) -> bool:
+    """True if any augmentation is switched on."""
+    return bool(self.crop_padding or self.horizontal_flip or self.rotation_degrees)
+
+
+def _random_crop(images: jax.Array, key: jax.Array, padding: int) -> jax.Array:
+  batch, height, width, channels = images.shape
+  padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  offsets = jax.random.randint(key, (batch, 2), 0, 2 * padding + 1)  # [B, 2] top-left corners
+  crop = lambda image, o: jax.lax.dynamic_slice(image, (o[0], o[1], 0), (height, width, channels))
+  return jax.vmap(crop)(padded, offsets)
+
+
+def _random_flip(images: jax.Array, key: jax.Array) -> jax.Array:
+  flip = jax.random.bernoulli(key, 0.5, (images.shape[0],))
+  return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
+def rotate(image: jax.Array, radians: jax.Array) -> jax.Array:
+  """Rotates one image [H, W, C] counter-clockwise about its centre; outside pixels become 0."""
+  height, width, _ = image.shape
+  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
+                            jnp.arange(width, dtype=jnp.float32), indexing='ij')
+  cy, cx = (height - 1) / 2, (width - 1) / 2
+  cos, sin = jnp.cos(radians), jnp.sin(radians)
+  # Each output pixel samples the input at its position rotated back by -radians.
+  src_rows = cy + (rows - cy) * cos - (cols - cx) * sin
+  src_cols = cx + (rows - cy) * sin + (cols - cx) * cos
+  sample = lambda channel: jax.scipy.ndimage.map_coordinates(
+      channel, [src_rows, src_cols], order=1, mode='constant', cval=0.0)
+  return jax.vmap(sample, in_axes=2, out_axes=2)(image)
+
+
+def augment_batch(images: jax.Array, key: jax.Array, augmentation: Augmentation) -> jax.Array:
+  """Returns `images` [B, H, W, C] with `augmentation` applied independently to each image."""
+  crop_key, flip_key, rotate_key = jax.random.split(key, 3)
+  if augmentation.crop_padding:
+    images = _random_crop(images, crop_key, augmentation.crop_padding)
+  if augmentation.horizontal_flip:
+    images = _random_flip(images, flip_key)
+  if augmentation.rotation_degrees:
+    limit = math.radians(augmentation.rotation_degrees)
+    angles = jax.random.uniform(rotate_key, (images.shape[0],), minval=-limit, maxval=limit)
+    images = jax.vmap(rotate)(images, angles)
+  return images

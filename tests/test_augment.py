@@ -1,0 +1,56 @@
+"""Augmentation: shapes kept, deterministic per key, each transform does what it says."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnn_jax.augment import Augmentation, augment_batch, rotate
+from cnn_jax.config_validation import config_problems
+from conftest import load_config
+
+
+def _images():
+  return jnp.asarray(np.random.default_rng(0).normal(size=(6, 10, 12, 3)), jnp.float32)
+
+
+def test_nothing_by_default_and_same_key_same_result():
+  images = _images()
+  np.testing.assert_array_equal(augment_batch(images, jax.random.key(0), Augmentation()), images)
+  aug = Augmentation(crop_padding=2, horizontal_flip=True, rotation_degrees=10)
+  a = augment_batch(images, jax.random.key(1), aug)
+  b = augment_batch(images, jax.random.key(1), aug)
+  c = augment_batch(images, jax.random.key(2), aug)
+  assert a.shape == images.shape
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+
+
+def test_flip_mirrors_some_images_and_keeps_the_others():
+  images = _images()
+  out = np.asarray(augment_batch(images, jax.random.key(3), Augmentation(horizontal_flip=True)))
+  mirrored = [np.array_equal(o, np.asarray(i)[:, ::-1]) for o, i in zip(out, images)]
+  kept = [np.array_equal(o, np.asarray(i)) for o, i in zip(out, images)]
+  assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept)
+
+
+def test_crop_shifts_by_at_most_the_padding():
+  image = jnp.zeros((1, 9, 9, 1)).at[0, 4, 4, 0].set(1.0)  # One bright pixel in the centre.
+  for seed in range(8):
+    out = np.asarray(augment_batch(image, jax.random.key(seed), Augmentation(crop_padding=2)))
+    row, col = np.argwhere(out[0, ..., 0] == 1.0)[0]
+    assert abs(row - 4) <= 2 and abs(col - 4) <= 2
+
+
+def test_rotation_by_90_degrees_turns_a_row_into_a_column():
+  image = jnp.zeros((5, 5, 1)).at[2, :, 0].set(1.0)  # A horizontal line through the centre.
+  out = np.asarray(rotate(image, jnp.pi / 2))[..., 0]
+  np.testing.assert_allclose(out[:, 2], 1.0, atol=1e-5)
+  assert out.sum() == pytest.approx(5.0, abs=1e-4)
+
+
+def test_flipping_digits_is_refused():
+  config = load_config('digits')
+  config.augment.horizontal_flip = True
+  assert any('mirrored 2 is not a 2' in p for p in config_problems(config))
+  assert not config_problems(load_config('cats_vs_dogs'))
