@@ -65,7 +65,9 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   _check_number(p, 'data.split_seed', d.split_seed, integer=True)
   _check_number(p, 'data.max_skip_fraction', d.max_skip_fraction, low=0, high=1)
   _check_number(p, 'data.workers', d.workers, low=0, integer=True)
-  if d.name in ('image_folder', 'idx') and not d.path:
+  if d.name == 'csv' and not d.csv:
+    p.append("config.data.name='csv' reads labels from a CSV: set config.data.csv to its path")
+  if d.name in ('image_folder', 'csv', 'idx') and not d.path:
     p.append(f"config.data.name={d.name!r} reads files: set config.data.path to their directory")
   opt = config.optimizer
   _check_choice(p, 'optimizer.name', opt.name, optim.OPTIMIZERS)

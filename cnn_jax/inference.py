@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from tqdm import tqdm
 
 from cnn_jax import checkpoint, data, optim, steps
 from cnn_jax.errors import UserError
@@ -65,11 +66,16 @@ def make_logits_fn(model):
   return jax.jit(lambda variables, images: model.apply(variables, images, train=False))
 
 
-def batched_logits(trained: TrainedModel, batches: Iterable[dict[str, np.ndarray]]) -> np.ndarray:
-  """Returns logits [N, K] for the real (mask = 1) examples of padded `batches`, in order."""
+def batched_logits(trained: TrainedModel, batches: Iterable[dict[str, np.ndarray]],
+                   num_batches: int | None = None, progress: bool = False) -> np.ndarray:
+  """Returns logits [N, K] for the real (mask = 1) examples of padded `batches`, in order.
+
+  With `progress`, a tqdm bar (of `num_batches`) shows on a terminal.
+  """
   logits_fn = make_logits_fn(trained.model)
   outputs = []
-  for batch in batches:
+  for batch in tqdm(batches, total=num_batches, unit='batch', desc='predicting',
+                    disable=None if progress else True):
     logits = np.asarray(logits_fn(trained.variables, jnp.asarray(batch['image'])))
     outputs.append(logits[batch['mask'] == 1])
   return np.concatenate(outputs) if outputs else np.zeros((0, trained.info.num_classes))

@@ -1,11 +1,13 @@
 """Predict classes of image files: `python -m cnn_jax.predict --workdir W cat.jpg photos/ ...`.
 
 Each image is decoded, converted to the run's channels, resized to its image shape and normalised
-exactly as in evaluation, then all of them go through the model in fixed-size jitted batches.
-Prints the predicted class and the top-k probabilities per file (`--json` for JSON). A file that
-cannot be read gets an error line, and the other files are still predicted.
+exactly as in training and evaluation, then all of them go through the model in fixed-size jitted
+batches. Prints the predicted class and the top-k probabilities per file (`--json` for JSON), or
+writes one CSV row per file with `--csv out.csv` (a test set's submission). A file that cannot be
+read gets an error line or row, and the other files are still predicted.
 """
 
+import csv
 import dataclasses
 import json
 import os
@@ -26,6 +28,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('top_k', 3, 'How many classes to list per image.', lower_bound=1)
   flags.DEFINE_integer('batch_size', 64, 'Images per forward pass.', lower_bound=1)
   flags.DEFINE_bool('json', False, 'Print one JSON object per image instead of text.')
+  flags.DEFINE_string('csv', None, 'Write predictions to this CSV file instead of printing them.')
+  flags.DEFINE_bool('all_probabilities', False, 'With --csv: a probability column per class.')
   flags.mark_flag_as_required('workdir')
 
 
@@ -34,6 +38,7 @@ class Prediction:
   """The result for one file: top-k (class, probability) pairs, or the reason it failed."""
   file: str
   top_k: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+  probabilities: np.ndarray | None = None  # [K], in class order.
   error: str | None = None
 
 
@@ -57,37 +62,78 @@ def expand_paths(paths: list[str]) -> list[str]:
   return files
 
 
-def predict_files(trained, files: list[str], top_k: int = 3,
-                  batch_size: int = 64) -> list[Prediction]:
-  """Predicts every readable file of `files` with `trained`; unreadable ones carry an error."""
-  from cnn_jax import data, inference  # pylint: disable=g-import-not-at-top
-  from cnn_jax.data import images  # pylint: disable=g-import-not-at-top
+def _decode_all(trained, files: list[str], progress: bool) -> tuple[list, dict[str, str]]:
+  """Returns (arrays, {file: reason}): each file decoded and resized as its training data was."""
+  from cnn_jax.data import image_folder, images  # pylint: disable=g-import-not-at-top
   height, width, channels = trained.info.image_shape
-  resize = trained.config.data.get('resize', 'squash')
-  results, pixels = [], []
+  if height == width:  # The image-folder decoder: same resize mode, threads, progress bar.
+    resize = trained.config.data.get('resize', 'squash')
+    arrays, skipped = image_folder.decode_files(files, height, channels, resize,
+                                                os.cpu_count() or 1, progress)
+    return arrays, dict(skipped)
+  arrays, errors = [], {}
   for path in files:
     try:
-      if height == width:  # Decoded and resized exactly as image-folder training data is.
-        pixels.append(images.load_resized(path, height, channels, resize))
-      else:
-        pixels.append(images.resize_image(images.read_image(path, channels), (height, width)))
+      arrays.append(images.resize_image(images.read_image(path, channels), (height, width)))
     except (images.UnreadableImage, OSError) as e:
-      results.append(Prediction(path, error=str(e)))
-      continue
-    results.append(Prediction(path))
-  readable = [r for r in results if r.error is None]
+      arrays.append(None)
+      errors[path] = str(e)
+  return arrays, errors
+
+
+def predict_files(trained, files: list[str], top_k: int = 3, batch_size: int = 64,
+                  progress: bool = False) -> list[Prediction]:
+  """Predicts every readable file of `files` with `trained`; unreadable ones carry an error."""
+  from cnn_jax import data, inference  # pylint: disable=g-import-not-at-top
+  arrays, errors = _decode_all(trained, files, progress)
+  results = [Prediction(path, error=errors.get(path)) for path in files]
+  readable = [r for r, array in zip(results, arrays) if array is not None]
   if readable:
     # Files are 0–255; the normalizer's statistics are of pixels scaled to [0, 1], so only the
     # scale changes, not the statistics (digits' raw 0–16 and a PNG's 0–255 both map to [0, 1]).
     normalizer = dataclasses.replace(trained.normalizer, max_value=FILE_PIXEL_MAX)
-    split = data.Split(np.stack(pixels), np.zeros(len(pixels), np.int32))
-    logits = inference.batched_logits(trained, data.eval_batches(split, normalizer, batch_size))
-    probabilities = _softmax(logits)
+    pixels = np.stack([array for array in arrays if array is not None])
+    split = data.Split(pixels, np.zeros(len(pixels), np.int32))
+    logits = inference.batched_logits(trained, data.eval_batches(split, normalizer, batch_size),
+                                      -(-len(pixels) // batch_size), progress)
     names = trained.info.class_names
-    for result, probs in zip(readable, probabilities):
+    for result, probs in zip(readable, _softmax(logits)):
       order = np.argsort(-probs, kind='stable')[:top_k]
       result.top_k = [(names[k], float(probs[k])) for k in order]
+      result.probabilities = probs
   return results
+
+
+def write_csv(predictions: list[Prediction], path: str, class_names: tuple[str, ...],
+              names: list[str], all_probabilities: bool = False) -> None:
+  """Writes one row per file: file, prediction, probability, error [, one column per class]."""
+  header = ['file', 'prediction', 'probability', 'error']
+  if all_probabilities:
+    header += [f'probability_{name}' for name in class_names]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w', newline='', encoding='utf-8') as f:
+    writer = csv.writer(f)
+    writer.writerow(header)
+    for name, p in zip(names, predictions):
+      if p.error:
+        row = [name, '', '', p.error] + ([''] * len(class_names) if all_probabilities else [])
+      else:
+        row = [name, p.top_k[0][0], f'{p.top_k[0][1]:.6f}', '']
+        if all_probabilities:
+          row += [f'{q:.6f}' for q in p.probabilities]
+      writer.writerow(row)
+
+
+def display_names(arguments: list[str], files: list[str]) -> list[str]:
+  """Names files as a user gave them: relative to the directory argument they were found in."""
+  directories = [a for a in arguments if os.path.isdir(a)]
+  names = []
+  for path in files:
+    inside = [d for d in directories if os.path.commonpath([os.path.abspath(d),
+                                                            os.path.abspath(path)])
+              == os.path.abspath(d)]
+    names.append(os.path.relpath(path, inside[0]) if inside else path)
+  return names
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -112,7 +158,16 @@ def main(argv: list[str]) -> None:
     raise UserError('no image files given; usage: python -m cnn_jax.predict --workdir W '
                     'IMAGE_OR_DIR [...]')
   trained = inference.load_trained(args.workdir, args.checkpoint)
-  for prediction in predict_files(trained, files, args.top_k, args.batch_size):
+  predictions = predict_files(trained, files, args.top_k, args.batch_size,
+                              progress=bool(args.csv))
+  if args.csv:
+    write_csv(predictions, args.csv, trained.info.class_names, display_names(argv[1:], files),
+              args.all_probabilities)
+    failed = sum(p.error is not None for p in predictions)
+    print(f'Wrote {len(predictions):,} predictions to {args.csv}'
+          + (f' ({failed:,} files could not be read: see the error column).' if failed else '.'))
+    return
+  for prediction in predictions:
     if args.json:
       record = {'file': prediction.file, 'error': prediction.error}
       if not prediction.error:

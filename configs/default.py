@@ -15,7 +15,7 @@ def get_config():
 
   # ---- data ---------------------------------------------------------------------------------------
   config.data = ml_collections.ConfigDict()
-  # 'digits' (ships offline), 'image_folder' or 'idx' (files under data.path), or a TFDS name.
+  # 'digits' (ships offline); 'image_folder', 'csv' or 'idx' (files under data.path); or a TFDS name.
   config.data.name = 'digits'
   config.data.tfds_data_dir = config_dict.placeholder(str)  # TFDS data dir; None = TFDS's default.
   config.data.download = False  # Let TFDS download and prepare a missing dataset (needs internet).
@@ -30,6 +30,10 @@ def get_config():
   config.data.max_skip_fraction = 0.05  # Stop if more files than this are unreadable.
   config.data.workers = 0  # Image-decoding threads; 0 = one per CPU core.
   config.data.cache = True  # Keep decoded, resized folder images in PATH/.cnn_jax_cache.
+  config.data.csv = config_dict.placeholder(str)  # 'csv' source: CSV of file and label columns.
+  config.data.csv_file_column = ''  # '' = the first of filename, file, image, image_id, id, path.
+  config.data.csv_label_column = ''  # '' = the first of label, class, category, target.
+  config.data.class_names = ()  # Fixes a CSV's classes and their order; () = its labels, sorted.
 
   # ---- augmentation (training only, on the device; deterministic given the seed) ------------------
   config.augment = ml_collections.ConfigDict()

@@ -4,7 +4,8 @@ import importlib.util
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_NAMES = ('default', 'digits', 'mnist', 'fashion_mnist', 'cats_vs_dogs', 'keras_seed')
+CONFIG_NAMES = ('default', 'digits', 'mnist', 'fashion_mnist', 'cats_vs_dogs', 'keras_seed',
+                'csv_digits')
 
 
 def load_config(name: str, arg: str | None = None):

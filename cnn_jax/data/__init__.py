@@ -3,6 +3,7 @@
 Sources, chosen by `DataSpec.name`:
   'digits'        the UCI handwritten digits bundled with scikit-learn (offline)
   'image_folder'  the user's images under `path` (class subfolders or CLASS.N.jpg names)
+  'csv'           the images under `path`, labelled by the CSV file `csv`
   'idx'           MNIST-format IDX files under `path`
   anything else   a TFDS image-classification dataset of that name
 """
@@ -10,7 +11,7 @@ Sources, chosen by `DataSpec.name`:
 import dataclasses
 import os
 
-from cnn_jax.data import cache, digits, idx, image_folder, tfds_source
+from cnn_jax.data import cache, csv_labels, digits, idx, image_folder, tfds_source
 from cnn_jax.data.batching import eval_batches, steps_per_epoch, train_batch
 from cnn_jax.data.dataset import Dataset, DatasetInfo, Normalizer, Split
 from cnn_jax.data.images import RESIZE_MODES, resize_images
@@ -20,7 +21,7 @@ __all__ = ['DataSpec', 'Dataset', 'DatasetInfo', 'Normalizer', 'Split', 'describ
            'load_dataset', 'load_split', 'raw_max_value', 'eval_batches', 'train_batch',
            'steps_per_epoch', 'LOCAL_SOURCES', 'NO_HORIZONTAL_FLIP', 'RESIZE_MODES']
 
-LOCAL_SOURCES = ('digits', 'image_folder', 'idx')
+LOCAL_SOURCES = ('digits', 'image_folder', 'csv', 'idx')
 _MAX_VALUE = {'digits': digits.MAX_VALUE}  # Largest raw pixel value; 255 for every other source.
 # Datasets whose classes a mirror image would change (a mirrored 2 or 7 is not a digit).
 NO_HORIZONTAL_FLIP = ('digits', 'mnist', 'emnist', 'kmnist', 'svhn_cropped', 'idx')
@@ -41,6 +42,10 @@ class DataSpec:
   max_skip_fraction: float = 0.05
   workers: int = 0  # Decoding threads; 0 = one per CPU core.
   cache: bool = True
+  csv: str | None = None
+  csv_file_column: str = ''  # '': the first of csv_labels.FILE_COLUMNS in the header.
+  csv_label_column: str = ''  # '': the first of csv_labels.LABEL_COLUMNS in the header.
+  class_names: tuple[str, ...] = ()  # Fixes the classes of a CSV; () = its labels, sorted.
 
 
 def _needs_path(spec: DataSpec) -> str:
@@ -52,14 +57,25 @@ def _needs_path(spec: DataSpec) -> str:
   return spec.path
 
 
+def _folder_index(spec: DataSpec) -> tuple[image_folder.FolderIndex, list[tuple[str, str]]]:
+  """Returns the file index of an 'image_folder' or 'csv' source, with the CSV's row problems."""
+  if spec.name == 'csv':
+    if not spec.csv:
+      raise UserError("config.data.name='csv' needs --config.data.csv=FILE.csv (file and label "
+                      'columns) and --config.data.path=DIR (the images).')
+    return csv_labels.index_csv(spec.csv, _needs_path(spec), spec.csv_file_column,
+                                spec.csv_label_column, tuple(spec.class_names))
+  return image_folder.index_folder(_needs_path(spec)), []
+
+
 def describe_dataset(spec: DataSpec) -> DatasetInfo:
   """Returns the dataset's metadata (classes, image shape after resizing) without decoding it.
 
   Raises:
     UserError: unknown dataset, missing path, or images of varying size and no `image_size`.
   """
-  if spec.name == 'image_folder':
-    index = image_folder.index_folder(_needs_path(spec))
+  if spec.name in ('image_folder', 'csv'):
+    index, _ = _folder_index(spec)
     if not spec.image_size:
       raise UserError('images in a folder vary in size: set --config.data.image_size=N to resize '
                       'them all to N×N (e.g. 128).')
@@ -87,17 +103,26 @@ def describe_dataset(spec: DataSpec) -> DatasetInfo:
 
 
 def _load_folder_split(spec: DataSpec, split: str) -> Split:
-  index = image_folder.index_folder(_needs_path(spec))
+  index, row_problems = _folder_index(spec)
+  total_rows = len(index.files) + len(row_problems)
+  if len(row_problems) > spec.max_skip_fraction * total_rows:
+    raise UserError(
+        f'{len(row_problems):,} of {total_rows:,} rows of {spec.csv} are unusable, more than '
+        f'config.data.max_skip_fraction={spec.max_skip_fraction}: '
+        + '; '.join(f'{where}: {why}' for where, why in row_problems[:5]))
   files, labels = image_folder.split_files(index, split, spec.validation_fraction, spec.split_seed)
   channels = spec.channels or 3
   decode = lambda: image_folder.decode_split(files, labels, spec.image_size, channels,
                                              spec.resize, spec.workers or os.cpu_count(),
                                              spec.max_skip_fraction)
-  if not spec.cache:
-    return decode()
-  key = cache.cache_key(files, labels=labels, size=spec.image_size, channels=channels,
-                        resize=spec.resize)
-  loaded, _ = cache.cached_split(os.path.join(spec.path, '.cnn_jax_cache'), split, key, decode)
+  if spec.cache:
+    key = cache.cache_key(files, labels=labels, size=spec.image_size, channels=channels,
+                          resize=spec.resize)
+    loaded, _ = cache.cached_split(os.path.join(spec.path, '.cnn_jax_cache'), split, key, decode)
+  else:
+    loaded = decode()
+  if split == 'train' and row_problems:  # Reported once, with the training split's skips.
+    loaded = dataclasses.replace(loaded, skipped=tuple(row_problems) + loaded.skipped)
   return loaded
 
 
@@ -108,7 +133,7 @@ def load_split(spec: DataSpec, split: str) -> Split:
     UserError: an unknown split or source, or (image folders) too many unreadable files.
   """
   describe_dataset(spec)  # Name, path and size problems, before any decoding.
-  if spec.name == 'image_folder':
+  if spec.name in ('image_folder', 'csv'):
     return _load_folder_split(spec, split)
   if spec.name == 'digits':
     if split not in digits.SPLITS:

@@ -16,6 +16,7 @@ import dataclasses
 import os
 
 import numpy as np
+from tqdm import tqdm
 
 from cnn_jax.data import images
 from cnn_jax.data.dataset import Split
@@ -84,9 +85,11 @@ def split_indices(num_files: int, split: str, validation_fraction: float,
   return np.sort(chosen)
 
 
-def decode_files(files: list[str], size: int, channels: int, resize: str,
-                 workers: int) -> tuple[list[np.ndarray | None], list[tuple[str, str]]]:
+def decode_files(files: list[str], size: int, channels: int, resize: str, workers: int,
+                 progress: bool = False) -> tuple[list[np.ndarray | None], list[tuple[str, str]]]:
   """Decodes and resizes `files` with `workers` threads (PIL releases the GIL while decoding).
+
+  With `progress`, a tqdm bar counts the files (shown on a terminal only).
 
   Returns:
     (arrays, skipped): arrays[i] is uint8 [size, size, channels] or None if file i was unreadable;
@@ -99,7 +102,8 @@ def decode_files(files: list[str], size: int, channels: int, resize: str,
       return None, str(e)
 
   with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-    results = list(pool.map(load, files, chunksize=64))
+    results = list(tqdm(pool.map(load, files, chunksize=64), total=len(files), unit='image',
+                        desc='decoding', disable=None if progress else True))
   skipped = [(f, reason) for f, (_, reason) in zip(files, results) if reason is not None]
   return [array for array, _ in results], skipped
 
