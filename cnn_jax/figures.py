@@ -1,0 +1,145 @@
+"""The pictures of a run: curves, confusion matrix, first-layer filters, feature maps, mistakes.
+
+Each function takes plain arrays, draws with matplotlib's Agg backend (no display needed) and
+saves a PNG. `cnn_jax.report` gathers the arrays from a workdir and calls these.
+"""
+
+import math
+
+import matplotlib
+
+matplotlib.use('Agg')  # Files only: works on servers and in CI without a display.
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+DPI = 80  # Small files: a report's PNGs total a few hundred KB.
+
+
+def _save(figure, path: str) -> str:
+  figure.tight_layout()
+  figure.savefig(path, dpi=DPI)
+  plt.close(figure)
+  return path
+
+
+def _show(axis, image: np.ndarray, title: str = '') -> None:
+  """Draws one image [H, W, C] (C = 1 grey or 3 RGB, values scaled to its own range)."""
+  image = np.asarray(image, np.float32)
+  low, high = float(image.min()), float(image.max())
+  image = (image - low) / (high - low) if high > low else np.zeros_like(image)
+  if image.shape[-1] == 1:
+    axis.imshow(image[..., 0], cmap='gray', vmin=0, vmax=1, interpolation='nearest')
+  else:
+    axis.imshow(image, interpolation='nearest')
+  axis.set_xticks([])
+  axis.set_yticks([])
+  if title:
+    axis.set_title(title, fontsize=8)
+
+
+def training_curves(records: list[dict], path: str) -> str:
+  """Train and eval loss and accuracy against step (top) and wall time in seconds (bottom)."""
+  figure, axes = plt.subplots(2, 2, figsize=(10, 7))
+  for row, x_key in enumerate(('step', 'time')):
+    for col, metric in enumerate(('loss', 'accuracy')):
+      axis = axes[row, col]
+      for split, style in (('train', '-'), ('eval', 'o-')):
+        points = [(r[x_key], r[metric]) for r in records if r['split'] == split and metric in r]
+        if points:
+          xs, ys = zip(*points)
+          axis.plot(xs, ys, style, label=split, markersize=3)
+      axis.set_xlabel('step' if x_key == 'step' else 'seconds of training')
+      axis.set_ylabel(metric)
+      axis.grid(alpha=0.3)
+      axis.legend()
+  return _save(figure, path)
+
+
+def confusion(matrix: np.ndarray, class_names: list[str], path: str) -> str:
+  """The confusion matrix as a heat map with counts, beside per-class accuracy bars."""
+  matrix = np.asarray(matrix)
+  k = len(class_names)
+  figure, (left, right) = plt.subplots(1, 2, figsize=(min(4 + 0.6 * k, 16), 4 + 0.2 * k),
+                                       gridspec_kw={'width_ratios': [3, 2]})
+  left.imshow(matrix, cmap='Blues')
+  left.set_xticks(range(k), class_names, rotation=90 if k > 10 else 0, fontsize=8)
+  left.set_yticks(range(k), class_names, fontsize=8)
+  left.set_xlabel('predicted class')
+  left.set_ylabel('true class')
+  if k <= 20:  # Counts stay legible up to 20 classes.
+    for i in range(k):
+      for j in range(k):
+        left.text(j, i, str(matrix[i, j]), ha='center', va='center', fontsize=7,
+                  color='white' if matrix[i, j] > matrix.max() / 2 else 'black')
+  totals = matrix.sum(axis=1)
+  accuracy = np.divide(np.diag(matrix), totals, out=np.zeros(k), where=totals > 0)
+  right.barh(range(k), accuracy, color='tab:blue')
+  right.set_yticks(range(k), class_names, fontsize=8)
+  right.invert_yaxis()
+  right.set_xlim(0, 1)
+  right.set_xlabel('accuracy per class')
+  right.grid(axis='x', alpha=0.3)
+  return _save(figure, path)
+
+
+def filter_grid(kernel: np.ndarray, path: str, title: str) -> str:
+  """A conv kernel [kh, kw, C_in, C_out] as one small image per filter (RGB when C_in = 3)."""
+  kernel = np.asarray(kernel, np.float32)
+  count = kernel.shape[-1]
+  columns = min(count, 8)
+  rows = math.ceil(count / columns)
+  figure, axes = plt.subplots(rows, columns, figsize=(1.2 * columns, 1.2 * rows + 0.4),
+                              squeeze=False)
+  for i, axis in enumerate(axes.flat):
+    if i < count:
+      weights = kernel[..., i]  # [kh, kw, C_in]
+      _show(axis, weights if weights.shape[-1] in (1, 3) else weights.mean(-1, keepdims=True))
+    else:
+      axis.axis('off')
+  figure.suptitle(title, fontsize=9)
+  return _save(figure, path)
+
+
+def feature_maps(image: np.ndarray, layers: list[tuple[str, np.ndarray]], path: str,
+                 max_channels: int = 8) -> str:
+  """The input, then for each layer its first `max_channels` activation maps; shapes in titles.
+
+  Args:
+    image: the input image [H, W, C] (raw or normalised: each panel is scaled to its own range).
+    layers: (name, activations [H', W', C']) per conv or pooling layer, in forward order.
+    path: where to save the PNG.
+    max_channels: maps shown per layer.
+  """
+  rows = len(layers)
+  figure, axes = plt.subplots(rows, max_channels + 1, squeeze=False,
+                              figsize=(1.3 * (max_channels + 1), 1.4 * rows + 0.3))
+  for row, (name, maps) in enumerate(layers):
+    input_axis = axes[row, 0]
+    if row == 0:
+      _show(input_axis, image, f'input {"×".join(map(str, image.shape))}')
+    else:
+      input_axis.axis('off')
+    for channel in range(max_channels):
+      axis = axes[row, channel + 1]
+      if channel < maps.shape[-1]:
+        title = f'{name} {"×".join(map(str, maps.shape))}' if channel == 0 else f'#{channel}'
+        _show(axis, maps[..., channel:channel + 1], title)
+      else:
+        axis.axis('off')
+  return _save(figure, path)
+
+
+def mistakes(images: np.ndarray, titles: list[str], path: str) -> str:
+  """A grid of images (the most confidently wrong predictions) with one title each."""
+  count = max(1, len(images))
+  columns = min(count, 6)
+  rows = math.ceil(count / columns)
+  figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.7 * rows), squeeze=False)
+  for i, axis in enumerate(axes.flat):
+    if i < len(images):
+      _show(axis, images[i], titles[i])
+    else:
+      axis.axis('off')
+  if not len(images):
+    axes[0, 0].text(0.5, 0.5, 'no mistakes on this split', ha='center', va='center')
+  return _save(figure, path)

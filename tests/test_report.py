@@ -1,0 +1,67 @@
+"""The per-run report: every figure is a real, non-blank PNG, and the HTML shows them all."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from cnn_jax import report, train
+from conftest import REPO, load_config
+
+FIGURES = ('curves.png', 'confusion.png', 'filters.png', 'feature_maps.png', 'mistakes.png')
+
+
+def _assert_report(index_path):
+  directory = os.path.dirname(index_path)
+  with open(index_path, encoding='utf-8') as f:
+    page = f.read()
+  assert set(re.findall(r'<img src="([^"]+)"', page)) == set(FIGURES)
+  for name in FIGURES:
+    with Image.open(os.path.join(directory, name)) as image:
+      image.verify()  # A complete, valid PNG.
+    with Image.open(os.path.join(directory, name)) as image:
+      pixels = np.asarray(image.convert('L'), np.float32)
+      assert image.format == 'PNG' and min(image.size) >= 150 and max(image.size) <= 2000
+    assert pixels.std() > 10, f'{name} is blank'
+  assert 'Total params' in page and 'accuracy' in page
+  return page
+
+
+@pytest.fixture(scope='module')
+def digits_run(tmp_path_factory):
+  config = load_config('digits')
+  config.num_steps, config.progress_bar = 220, False
+  workdir = str(tmp_path_factory.mktemp('digits'))
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_report_of_a_digits_run(digits_run):
+  page = _assert_report(report.build_report(digits_run))
+  assert 'Learned filters of conv_0: 32 filters of 3×3×1' in page
+
+
+def test_report_with_an_image_of_ones_own(digits_run, tmp_path):
+  Image.fromarray(np.eye(32, dtype=np.uint8) * 255).save(tmp_path / 'stroke.png')
+  result = subprocess.run([sys.executable, '-m', 'cnn_jax.report', '--workdir', digits_run,
+                           '--image', str(tmp_path / 'stroke.png')], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  page = _assert_report(os.path.join(digits_run, 'report', 'index.html'))
+  assert 'Feature maps of stroke.png' in page
+
+
+def test_report_of_a_colour_cats_vs_dogs_run(tmp_path):
+  config = load_config('cats_vs_dogs', 'small')
+  config.data.image_size = 32
+  config.batch_size = config.eval_batch_size = 8
+  config.num_steps, config.progress_bar = 4, False
+  with tfds.testing.mock_data(num_examples=16):
+    train.train_and_evaluate(config, str(tmp_path))
+    page = _assert_report(report.build_report(str(tmp_path)))
+  assert 'filters of 3×3×3' in page  # RGB first-layer filters, drawn in colour.
