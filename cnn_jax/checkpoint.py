@@ -181,6 +181,32 @@ def _merge(fresh: Any, loaded: Any, what: str, layers: str) -> tuple[Any, list[s
   return traverse_util.unflatten_dict(merged, sep='/'), taken, kept
 
 
+def read_state(path: str) -> tuple[dict, str, int]:
+  """Reads a saved train state as it was saved (no template): (state dict, root, step).
+
+  Args:
+    path: a workdir (its latest checkpoint) or a checkpoint directory WORKDIR/checkpoints/STEP.
+
+  The arrays land on this process's first device, whatever devices wrote them.
+
+  Raises:
+    UserError: no checkpoint at `path`.
+  """
+  root, step = _locate(path)
+  manager = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_handlers=_item_handlers())
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise UserError(f'{root} holds no checkpoint.')
+  here = _local_sharding()
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                        manager.item_metadata(step)['state'])
+  state = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target))).state
+  manager.close()
+  return state, root, step
+
+
 def warm_start(state: Any, path: str, layers: str = 'all') -> Any:
   """Returns `state` with params and batch statistics loaded from the checkpoint at `path`.
 
@@ -193,18 +219,7 @@ def warm_start(state: Any, path: str, layers: str = 'all') -> Any:
   Raises:
     UserError: no checkpoint at `path`, or layers='all' and some layer does not match.
   """
-  root, step = _locate(path)
-  manager = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
-                                  item_handlers=_item_handlers())
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise UserError(f'{root} holds no checkpoint to warm-start from.')
-  # The saved tree's own shapes, placed on this process's first device.
-  here = _local_sharding()
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
-                        manager.item_metadata(step)['state'])
-  loaded = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target))).state
+  loaded, root, step = read_state(path)
   params, taken, kept = _merge(state.params, loaded['params'], 'params', layers)
   stats, _, kept_stats = _merge(state.batch_stats, loaded.get('batch_stats'), 'batch_stats', layers)
   kept += kept_stats
@@ -212,8 +227,9 @@ def warm_start(state: Any, path: str, layers: str = 'all') -> Any:
     raise UserError(f'config.init_from={path!r} (step {step:,}) does not match this model: '
                     + '; '.join(kept) + '. Set --config.init_layers=matching to load only the '
                     'layers that match.')
-  print(f'Warm start from {root} step {step:,}: loaded {len(taken)} parameter arrays'
-        + (f'; freshly initialised: {", ".join(kept)}' if kept else '') + '.', flush=True)
+  if jax.process_index() == 0:
+    print(f'Warm start from {root} step {step:,}: loaded {len(taken)} parameter arrays'
+          + (f'; freshly initialised: {", ".join(kept)}' if kept else '') + '.', flush=True)
   return state.replace(params=params, batch_stats=stats)
 
 

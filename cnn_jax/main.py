@@ -20,6 +20,10 @@ def define_flags() -> None:
       'config', None, 'Path to a config file with get_config(), e.g. configs/digits.py.',
       lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for metrics, config and checkpoints.')
+  flags.DEFINE_string('coordinator_address', None, 'Multi-process runs on plain machines: '
+                      'HOST:PORT of process 0 (TPU pods and SLURM are detected without it).')
+  flags.DEFINE_integer('num_processes', None, 'Multi-process runs: how many processes.')
+  flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process, 0 … N-1.')
   flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -28,7 +32,9 @@ def main(argv: list[str]) -> None:
     raise UserError(f'unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE')
   config = cli.load_config()
   # Imported after flag parsing so that `--help` and flag errors answer without loading JAX.
-  from cnn_jax import signals, train  # pylint: disable=g-import-not-at-top
+  from cnn_jax import distributed, signals, train  # pylint: disable=g-import-not-at-top
+  args = flags.FLAGS
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   try:
     train.train_and_evaluate(config, flags.FLAGS.workdir)
   except signals.TrainingInterrupted as stopped:

@@ -13,16 +13,20 @@ class MetricWriter:
   """Appends {'step', 'split', 'time', **scalars} records; the files survive a crash line by line."""
 
   def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int = 0,
-               elapsed: float = 0.0):
+               elapsed: float = 0.0, enabled: bool = True):
     """Opens the outputs, first dropping records after `resume_step` (all of them when it is 0).
 
     A run killed after its last checkpoint wrote metrics for steps it will now redo; dropping them
     (and purging them from TensorBoard) leaves exactly one record per step. `elapsed` is the
-    training time already spent, so 'time' continues across resumes.
+    training time already spent, so 'time' continues across resumes. A writer that is not
+    `enabled` (every process but the first of a multi-host run) writes nothing.
     """
+    self._start = time.time() - elapsed
+    self._enabled = enabled
+    if not enabled:
+      return
     _truncate_after(workdir, resume_step)
     self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
-    self._start = time.time() - elapsed
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -31,6 +35,8 @@ class MetricWriter:
 
   def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
     """Records `scalars` of `split` ('train' or 'eval') at training step `step`."""
+    if not self._enabled:
+      return
     record = {'step': int(step), 'split': split, 'time': round(time.time() - self._start, 3)}
     record.update({k: float(v) for k, v in scalars.items()})
     self._jsonl.write(json.dumps(record) + '\n')
@@ -45,6 +51,8 @@ class MetricWriter:
 
   def close(self) -> None:
     """Flushes and closes both outputs."""
+    if not self._enabled:
+      return
     self._jsonl.close()
     if self._tb is not None:
       self._tb.close()

@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from cnn_jax import checkpoint, data, models, optim, signals, steps, summary
+from cnn_jax import checkpoint, data, distributed, models, optim, signals, steps, summary
 from cnn_jax.augment import Augmentation
 from cnn_jax.config_validation import model_kwargs, validate_config
 from cnn_jax.errors import UserError
@@ -27,12 +27,18 @@ from cnn_jax.workdir import (config_differences, load_config, save_dataset_recor
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
+def log(*args, **kwargs) -> None:
+  """print(), in process 0 only: a multi-host run speaks once."""
+  if distributed.is_main_process():
+    print(*args, **{'flush': True, **kwargs})
+
+
 def evaluate(eval_step, state: steps.TrainState, split: data.Split, normalizer: data.Normalizer,
              batch_size: int, sharding: NamedSharding) -> dict[str, float]:
   """Returns {'loss', 'accuracy', 'count'} over every example of `split`, each counted once."""
   totals = None
   for batch in data.eval_batches(split, normalizer, batch_size):
-    sums = eval_step(state, jax.device_put(batch, sharding))
+    sums = eval_step(state, distributed.to_global(batch, sharding))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals['count'])
@@ -48,6 +54,8 @@ def data_spec(config: ml_collections.ConfigDict) -> data.DataSpec:
 
 def report_skipped(dataset: data.Dataset, workdir: str) -> None:
   """Prints how many unreadable files were left out and lists them all in the workdir."""
+  if not distributed.is_main_process():
+    return
   skipped = [(split, f, reason) for split, part in (('train', dataset.train),
                                                      ('eval', dataset.eval))
              for f, reason in part.skipped]
@@ -95,7 +103,7 @@ def _resume(manager, state: steps.TrainState, workdir: str,
         'so this config cannot resume it. Changed settings:\n  '
         + '\n  '.join(changes or ['(none recorded)'])
         + f'\nThe saved state differs: {e}.\nUse a new --workdir, or keep these settings.') from None
-  print(f'Resuming from the checkpoint at step {step:,}'
+  log(f'Resuming from the checkpoint at step {step:,}'
         + (' with changed settings: ' + '; '.join(changes) if changes else '') + '.', flush=True)
   return state, progress
 
@@ -128,11 +136,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   per_epoch = data.steps_per_epoch(len(dataset.train), config.batch_size)
   num_steps = config.num_steps or math.ceil(config.num_epochs * per_epoch)
   eval_every = config.eval_every_steps or per_epoch
-  print(f'{info.name}: {len(dataset.train):,} training and {len(dataset.eval):,} eval images of '
-        f'{info.image_shape}, {info.num_classes} classes; {num_steps:,} steps of '
-        f'{config.batch_size} ({num_steps / per_epoch:.1f} epochs) on {mesh.size} '
-        f'{jax.devices()[0].platform.upper()} device(s).', flush=True)
-  print(summary.format_summary(rows), flush=True)
+  log(f'{info.name}: {len(dataset.train):,} training and {len(dataset.eval):,} eval images of '
+      f'{info.image_shape}, {info.num_classes} classes; {num_steps:,} steps of '
+      f'{config.batch_size} ({num_steps / per_epoch:.1f} epochs) on {mesh.size} '
+      f'{jax.devices()[0].platform.upper()} device(s)'
+      + (f' in {jax.process_count()} processes' if jax.process_count() > 1 else '') + '.')
+  log(summary.format_summary(rows))
 
   # ---- model, optimizer, state: fresh, warm-started or resumed -------------------------------------
   opt = config.optimizer
@@ -141,9 +150,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                               opt.grad_clip_norm)
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
-  state = jax.device_put(
-      steps.create_train_state(model, tx, jax.random.key(config.seed), info.image_shape),
-      replicated)
+  # Created inside jit with a replicated output: every process then holds the same global state.
+  state = jax.jit(lambda: steps.create_train_state(model, tx, jax.random.key(config.seed),
+                                                   info.image_shape), out_shardings=replicated)()
   ckpt = config.checkpoint
   manager = checkpoint.open_manager(workdir, ckpt.keep_last, ckpt.keep_best, ckpt.best_metric)
   try:  # `finally` closes the manager, joining its background writer, however the run ends.
@@ -152,25 +161,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, progress = _resume(manager, state, workdir, config)
     elif config.init_from:
       state = checkpoint.warm_start(state, config.init_from, config.init_layers)
-    save_run_record(workdir, config)
-    save_dataset_record(workdir, dataset.info, dataset.normalizer)
+    if distributed.is_main_process():
+      save_run_record(workdir, config)
+      save_dataset_record(workdir, dataset.info, dataset.normalizer)
     train_step = steps.make_train_step(model, tx, config.label_smoothing,
                                        Augmentation(**config.augment))
     eval_step = steps.make_eval_step(model)
 
     # ---- loop --------------------------------------------------------------------------------------
     start_step = int(jax.device_get(state.step))
-    writer = MetricWriter(workdir, resume_step=start_step, elapsed=progress.get('elapsed', 0.0))
+    writer = MetricWriter(workdir, resume_step=start_step, elapsed=progress.get('elapsed', 0.0),
+                          enabled=distributed.is_main_process())
     sums = progress.get('train_sums', {'loss': 0.0, 'accuracy': 0.0, 'count': 0})
     pending = []  # Train metrics stay on the device until they are logged or checkpointed.
     eval_metrics, last_save = {}, time.time()
     bar = tqdm(initial=start_step, total=num_steps, unit='step', dynamic_ncols=True,
-               disable=None if config.progress_bar else True)  # None: hidden if not a terminal.
+               disable=None if config.progress_bar and distributed.is_main_process() else True)
     with signals.StopRequest() as stop:
       for step in range(start_step, num_steps):
         batch = data.train_batch(dataset.train, dataset.normalizer, config.batch_size,
                                  config.seed, step)
-        state, metrics = train_step(state, jax.device_put(batch, batch_sharding))
+        state, metrics = train_step(state, distributed.to_global(batch, batch_sharding))
         pending.append(metrics)
         done = step + 1
         bar.update(1)
@@ -188,9 +199,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           eval_metrics = evaluate(eval_step, state, dataset.eval, dataset.normalizer,
                                   config.eval_batch_size, batch_sharding)
           writer.write(done, 'eval', eval_metrics)
-          bar.write(f'step {done:>6,}/{num_steps:,}  epoch {done / per_epoch:6.2f}  '
-                    f'{config.data.eval_split} loss {eval_metrics["loss"]:.4f}  '
-                    f'accuracy {eval_metrics["accuracy"]:.2%}  ({time.time() - started:.1f} s)')
+          if distributed.is_main_process():
+            bar.write(f'step {done:>6,}/{num_steps:,}  epoch {done / per_epoch:6.2f}  '
+                      f'{config.data.eval_split} loss {eval_metrics["loss"]:.4f}  accuracy '
+                      f'{eval_metrics["accuracy"]:.2%}  ({time.time() - started:.1f} s)')
         if (done == num_steps or stop.requested
             or (evaluated if not ckpt.every_steps else done % ckpt.every_steps == 0)
             or (ckpt.every_minutes and time.time() - last_save > 60 * ckpt.every_minutes)):
@@ -211,8 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     manager.close()
 
-  print(f'Final {config.data.eval_split} accuracy: {eval_metrics["accuracy"]:.2%} '
-        f'({int(round(eval_metrics["accuracy"] * eval_metrics["count"]))}/'
-        f'{int(eval_metrics["count"])}) after {num_steps:,} steps in '
-        f'{time.time() - started:.1f} s.', flush=True)
+  log(f'Final {config.data.eval_split} accuracy: {eval_metrics["accuracy"]:.2%} '
+      f'({int(round(eval_metrics["accuracy"] * eval_metrics["count"]))}/'
+      f'{int(eval_metrics["count"])}) after {num_steps:,} steps in '
+      f'{time.time() - started:.1f} s.')
   return eval_metrics

@@ -11,7 +11,6 @@ import time
 import jax
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 
 from cnn_jax import checkpoint, models, steps, train
@@ -53,10 +52,7 @@ def _wait_for_step(workdir, step, process):
 
 def _final(workdir):
   """Returns (params of the latest checkpoint as numpy, metrics records without wall time)."""
-  root = os.path.join(str(workdir), checkpoint.CHECKPOINT_DIR)
-  with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True)) as m:
-    state = m.restore(m.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore())).state
+  state, _, _ = checkpoint.read_state(str(workdir))
   records = [{k: v for k, v in r.items() if k != 'time'} for r in read_metrics(str(workdir))]
   return jax.tree.map(np.asarray, state['params']), records, int(state['step'])
 

@@ -1,0 +1,78 @@
+"""Data parallel across devices and processes: the same training as one device, within rounding."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import portpicker
+import pytest
+
+from cnn_jax import checkpoint, evaluate, train
+from cnn_jax.metric_writers import read_metrics
+from conftest import REPO, load_config
+
+STEPS = 66  # Three epochs of digits at batch 64; evaluation after each.
+FLAGS = (f'--config.num_steps={STEPS}', '--config.eval_every_steps=22')
+
+
+def _command(workdir, *extra):
+  return [sys.executable, '-m', 'cnn_jax.main', '--config', 'configs/digits.py', '--workdir',
+          str(workdir), *FLAGS, *extra]
+
+
+def _run(workdir, devices=1, *extra):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  result = subprocess.run(_command(workdir, *extra), cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  return result.stdout
+
+
+def _params(workdir):
+  return jax.tree.map(np.asarray, checkpoint.read_state(str(workdir))[0]['params'])
+
+
+@pytest.fixture(scope='module')
+def one_device(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('one')
+  _run(workdir)
+  return workdir
+
+
+def _assert_close(workdir, reference):
+  # Gradients are averaged over shards in another order: float32 rounding (measured ≤ 1e-7).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               _params(workdir), _params(reference))
+  evals = lambda w: [r['accuracy'] for r in read_metrics(str(w)) if r['split'] == 'eval']
+  np.testing.assert_allclose(evals(workdir), evals(reference), atol=1 / 360)
+
+
+def test_four_devices_train_like_one(tmp_path, one_device):
+  out = _run(tmp_path, devices=4)
+  assert 'on 4 CPU device(s)' in out
+  _assert_close(tmp_path, one_device)
+
+
+def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(tmp_path, one_device):
+  port = portpicker.pick_unused_port()
+  processes = [subprocess.Popen(
+      _command(tmp_path, f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+               f'--process_id={i}'), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+               for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], outputs[1][1]
+  assert 'on 2 CPU device(s) in 2 processes' in outputs[0][0]
+  assert 'Final test accuracy' not in outputs[1][0]  # Only process 0 speaks.
+  _assert_close(tmp_path, one_device)
+  report = evaluate.evaluate_workdir(str(tmp_path))  # This test process: one process, one device.
+  final = [r for r in read_metrics(str(tmp_path)) if r['split'] == 'eval'][-1]
+  assert report['accuracy'] == pytest.approx(final['accuracy'], abs=1e-9)
+
+
+def test_bfloat16_trains_digits_above_the_same_bar(tmp_path):
+  config = load_config('digits')
+  config.dtype, config.progress_bar = 'bfloat16', False
+  assert train.train_and_evaluate(config, str(tmp_path))['accuracy'] >= 0.97
