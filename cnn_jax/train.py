@@ -8,6 +8,7 @@ import dataclasses
 import math
 import os
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -108,10 +109,14 @@ def _resume(manager, state: steps.TrainState, workdir: str,
   return state, progress
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       on_eval: Callable[[int, dict[str, float]], None] | None = None
+                       ) -> dict[str, float]:
   """Trains the model described by `config`, or resumes the run in `workdir` if it has one.
 
-  Writes metrics, checkpoints and the run record into `workdir`.
+  Writes metrics, checkpoints and the run record into `workdir`. `on_eval(step, eval_metrics)`,
+  if given, is called after each evaluation; an exception it raises ends training there (a
+  sweep uses this to prune an unpromising trial).
 
   Returns:
     The final evaluation metrics: {'loss', 'accuracy', 'count'} on config.data.eval_split.
@@ -199,6 +204,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           eval_metrics = evaluate(eval_step, state, dataset.eval, dataset.normalizer,
                                   config.eval_batch_size, batch_sharding)
           writer.write(done, 'eval', eval_metrics)
+          if on_eval is not None:
+            on_eval(done, eval_metrics)
           if distributed.is_main_process():
             bar.write(f'step {done:>6,}/{num_steps:,}  epoch {done / per_epoch:6.2f}  '
                       f'{config.data.eval_split} loss {eval_metrics["loss"]:.4f}  accuracy '

@@ -1,0 +1,84 @@
+"""A sweep's results: one row per trial, as CSV and Markdown, the best config, and plots."""
+
+import csv
+import json
+import os
+
+from cnn_jax import sweep_space
+
+COLUMNS = ('trial', 'best_eval_accuracy', 'final_eval_accuracy', 'test_accuracy', 'steps',
+           'seconds', 'status', 'workdir')
+
+
+def trial_rows(study, params) -> list[dict]:
+  """One dict per trial (superseded retries left out), best first; swept keys are columns too."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  states = optuna.trial.TrialState
+  rows = []
+  for trial in study.get_trials(deepcopy=False):
+    attrs = trial.user_attrs
+    if attrs.get('status') == 'interrupted, retried':
+      continue  # Its retry (same parameters, same workdir) carries the result.
+    status = trial.state.name.lower() + (f": {attrs['status']}" if 'status' in attrs else '')
+    row = {'trial': trial.number, **sweep_space.values_of(params, trial.params),
+           'best_eval_accuracy': trial.value if trial.state == states.COMPLETE else None,
+           'final_eval_accuracy': attrs.get('final_accuracy'),
+           'test_accuracy': attrs.get('test_accuracy'), 'steps': attrs.get('steps'),
+           'seconds': attrs.get('seconds'), 'status': status, 'workdir': attrs.get('workdir')}
+    rows.append(row)
+  order = {states.COMPLETE.name.lower(): 0, states.PRUNED.name.lower(): 1}
+  return sorted(rows, key=lambda r: (order.get(r['status'].split(':')[0], 2),
+                                     -(r['best_eval_accuracy'] or 0), r['trial']))
+
+
+def _columns(params) -> list[str]:
+  return ['trial', *(p.key for p in params), *COLUMNS[1:]]
+
+
+def _cell(column: str, value, params) -> str:
+  if value is None:
+    return ''
+  if column in {p.key for p in params}:
+    return str(value)  # A swept value exactly as given: 1e-07 stays 1e-07.
+  if isinstance(value, float):
+    return f'{value:.4f}' if column.endswith('accuracy') else f'{value:g}'
+  return str(value)
+
+
+def write_csv(rows: list[dict], params, path: str) -> None:
+  """Writes the leaderboard as CSV."""
+  with open(path, 'w', newline='', encoding='utf-8') as f:
+    writer = csv.writer(f)
+    writer.writerow(_columns(params))
+    writer.writerows([[_cell(c, row.get(c), params) for c in _columns(params)] for row in rows])
+
+
+def to_markdown(rows: list[dict], params) -> str:
+  """The leaderboard as a Markdown table (without the workdir column)."""
+  columns = [c for c in _columns(params) if c != 'workdir']
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(_cell(c, row.get(c), params) for c in columns) + ' |'
+            for row in rows]
+  return '\n'.join(lines)
+
+
+def write_best_config(row: dict, config, params, path: str) -> None:
+  """Writes the best trial's full config as a file that `--config` accepts."""
+  best = sweep_space.apply(config, {p.key: row[p.key] for p in params})
+  best.progress_bar = True
+  text = json.dumps(json.loads(best.to_json_best_effort()), indent=2, sort_keys=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(f'"""The best trial ({row["trial"]}) of the sweep in {os.path.dirname(path)}: '
+            f'best eval accuracy {row["best_eval_accuracy"]:.4f}.\n\n'
+            f'    python -m cnn_jax.main --config {path} --workdir runs/best\n"""\n\n'
+            'import json\n\nimport ml_collections\n\n\ndef get_config():\n'
+            '  """Returns the best trial\'s config."""\n'
+            f"  return ml_collections.ConfigDict(json.loads(r'''{text}'''))\n")
+
+
+def plot(rows: list[dict], params, path: str) -> str:
+  """The best eval accuracy of each finished trial against each swept value."""
+  from cnn_jax import figures  # pylint: disable=g-import-not-at-top
+  points = {p.key: [(row[p.key], row['best_eval_accuracy']) for row in rows
+                    if row['best_eval_accuracy'] is not None] for p in params}
+  return figures.metric_vs_values(points, {p.key: p.kind for p in params}, path)

@@ -1,0 +1,121 @@
+"""Sweeps: grid end to end, resume after a kill, two workers on one study, pruning, the spec."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from cnn_jax import sweep_space
+from cnn_jax.config_validation import validate_config
+from cnn_jax.errors import UserError
+from conftest import REPO, load_config
+
+GRID = ('--sweep', 'model.features=[8,16]', '--sweep', 'model.kernel_size=[3,5]')
+
+
+def _sweep_command(workdir, *extra, steps=66):
+  return [sys.executable, '-m', 'cnn_jax.sweep', '--config', 'configs/digits.py', '--workdir',
+          str(workdir), f'--config.num_steps={steps}', '--config.eval_every_steps=22', *extra]
+
+
+def _sweep(workdir, *extra, steps=66):
+  result = subprocess.run(_sweep_command(workdir, *extra, steps=steps), cwd=REPO,
+                          capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr
+  return result.stdout
+
+
+def _table(workdir):
+  with open(os.path.join(workdir, 'leaderboard.csv'), newline='', encoding='utf-8') as f:
+    return list(csv.DictReader(f))
+
+
+def _finals(workdir, trial):
+  with open(os.path.join(workdir, 'trials', f'{trial:04d}', 'train.log'), encoding='utf-8') as f:
+    text = f.read()
+  return text.count('Final test accuracy'), 'Resuming from the checkpoint' in text
+
+
+def test_a_2x2_grid_runs_every_point_and_writes_its_results(tmp_path):
+  out = _sweep(tmp_path, *GRID)
+  rows = _table(tmp_path)
+  assert len(rows) == 4 and all(r['status'] == 'complete' for r in rows)
+  assert {(r['model.features'], r['model.kernel_size']) for r in rows} == {
+      ('8', '3'), ('8', '5'), ('16', '3'), ('16', '5')}
+  accuracies = [float(r['best_eval_accuracy']) for r in rows]
+  assert accuracies == sorted(accuracies, reverse=True) and accuracies[0] > 0.5
+  assert all(r['steps'] == '66' for r in rows)
+  assert '| trial | model.features | model.kernel_size |' in out
+  best = load_config_file(tmp_path / 'best_config.py')
+  validate_config(best)
+  assert best.model.features == [int(rows[0]['model.features'])]
+  with Image.open(tmp_path / 'sweep.png') as image:
+    assert min(image.size) > 150
+  assert _sweep(tmp_path, *GRID).count('\ntrial ') == 0  # Re-running repeats nothing.
+
+
+def load_config_file(path):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('_best', str(path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_a_killed_sweep_resumes_its_trial_and_repeats_no_finished_one(tmp_path):
+  command = _sweep_command(tmp_path, *GRID, '--config.checkpoint.every_steps=20', steps=220)
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  second = tmp_path / 'trials' / '0001' / 'checkpoints'
+  deadline = time.time() + 300
+  while not (second.is_dir() and any(n.isdigit() for n in os.listdir(second))):
+    assert process.poll() is None and time.time() < deadline, process.communicate()[1]
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  process.communicate()
+  assert _finals(tmp_path, 0) == (1, False)  # Trial 0 had finished; trial 1 was mid-way.
+  out = _sweep(tmp_path, *GRID, '--config.checkpoint.every_steps=20', steps=220)
+  assert 'Resuming 1 interrupted trial(s)' in out
+  rows = _table(tmp_path)
+  assert len(rows) == 4 and all(r['status'] == 'complete' for r in rows)
+  assert _finals(tmp_path, 0) == (1, False)  # Not run again.
+  assert _finals(tmp_path, 1) == (1, True)  # Resumed from its checkpoint, finished once.
+
+
+def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path):
+  _sweep(tmp_path, *GRID, '--workers=2')
+  rows = _table(tmp_path)
+  assert len(rows) == 4 and all(r['status'] == 'complete' for r in rows)
+  assert len({(r['model.features'], r['model.kernel_size']) for r in rows}) == 4
+  assert all(_finals(tmp_path, int(r['trial'])) == (1, False) for r in rows)
+
+
+def test_an_unpromising_trial_is_pruned_early(tmp_path):
+  _sweep(tmp_path, '--sweep', 'optimizer.learning_rate=[0.01,1e-7]', '--pruner=median',
+         '--pruner_startup_trials=1', steps=110)
+  rows = {r['optimizer.learning_rate']: r for r in _table(tmp_path)}
+  assert rows['0.01']['status'] == 'complete'
+  assert rows['1e-07']['status'].startswith('pruned') and int(rows['1e-07']['steps']) < 110
+
+
+def test_sweep_specs_parse_and_are_checked_against_the_config():
+  config = load_config('digits')
+  params = [sweep_space.parse('optimizer.learning_rate=loguniform(1e-4,1e-1)'),
+            sweep_space.parse('model.features=[16,32]'), sweep_space.parse('batch_size=int(16,64)')]
+  assert params[0].kind == 'loguniform' and params[0].low == 1e-4
+  sweep_space.check(config, params)
+  assert sweep_space.apply(config, {'model.features': 16}).model.features == (16,)
+  assert sweep_space.grid(params[1:2]) == [{'model.features': 0}, {'model.features': 1}]
+  with pytest.raises(UserError, match="did you mean 'learning_rate'"):
+    sweep_space.check(config, [sweep_space.parse('optimizer.learnin_rate=[0.1]')])
+  with pytest.raises(UserError, match='a grid needs lists'):
+    sweep_space.grid(params)
+  with pytest.raises(UserError, match='is a str'):
+    sweep_space.check(config, [sweep_space.parse("batch_size=['big']")])
+  for bad in ('nokey', 'lr=loguniform(0,1)', 'x=uniform(2,1)', 'x=[]'):
+    with pytest.raises(UserError):
+      sweep_space.parse(bad)
