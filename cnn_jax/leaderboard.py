@@ -81,4 +81,5 @@ def plot(rows: list[dict], params, path: str) -> str:
   from cnn_jax import figures  # pylint: disable=g-import-not-at-top
   points = {p.key: [(row[p.key], row['best_eval_accuracy']) for row in rows
                     if row['best_eval_accuracy'] is not None] for p in params}
-  return figures.metric_vs_values(points, {p.key: p.kind for p in params}, path)
+  orders = {p.key: [str(v) for v in p.values] for p in params if p.kind == 'choice'}
+  return figures.metric_vs_values(points, {p.key: p.kind for p in params}, path, orders)

@@ -10,6 +10,7 @@ import dataclasses
 import html
 import json
 import os
+import shutil
 
 import numpy as np
 from absl import flags
@@ -71,9 +72,52 @@ def _mistake_panels(examples, logits: np.ndarray, class_names) -> tuple[np.ndarr
   return examples.images[worst], titles
 
 
+def build_sweep_report(workdir: str) -> str:
+  """For a sweep's workdir: the leaderboard and the metric against each swept value."""
+  from cnn_jax import sweep  # pylint: disable=g-import-not-at-top
+  table, plot = os.path.join(workdir, 'leaderboard.md'), os.path.join(workdir, 'sweep.png')
+  if not os.path.exists(table):
+    raise UserError(f'{workdir} is a sweep without results yet; run its cnn_jax.sweep command '
+                    'to the end first.')
+  out = os.path.join(workdir, 'report')
+  os.makedirs(out, exist_ok=True)
+  with open(table, encoding='utf-8') as f:
+    rows = [line.strip().strip('|').split('|') for line in f if line.startswith('|')]
+  header, body = rows[0], rows[2:]
+  cells = lambda row, tag: ''.join(f'<{tag}>{html.escape(c.strip())}</{tag}>' for c in row)
+  figures_html = ''
+  if os.path.exists(plot):
+    shutil.copy(plot, os.path.join(out, 'sweep.png'))
+    figures_html = ('<h2>Best eval accuracy against each swept value</h2>'
+                    '<img src="sweep.png" alt="metric against swept values">')
+  with open(os.path.join(workdir, sweep.SWEEP_FILE), encoding='utf-8') as f:
+    definition = json.load(f)
+  index = os.path.join(out, 'index.html')
+  with open(index, 'w', encoding='utf-8') as f:
+    f.write(f'''<!doctype html>
+<html><head><meta charset="utf-8"><title>cnn_jax sweep: {html.escape(workdir)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} img{{max-width:100%}}
+td,th{{padding:0 .8em;text-align:right}}</style></head><body>
+<h1>Sweep {html.escape(os.path.basename(os.path.abspath(workdir)))}</h1>
+<p>Sampler {html.escape(str(definition["sampler"]))}; swept: {html.escape("; ".join(definition["sweep"]))}.
+Each trial's own report: <code>python -m cnn_jax.report --workdir TRIAL_WORKDIR</code>.</p>
+<h2>Leaderboard</h2><table><tr>{cells(header, "th")}</tr>
+{"".join(f"<tr>{cells(row, 'td')}</tr>" for row in body)}</table>
+{figures_html}
+</body></html>
+''')
+  return index
+
+
 def build_report(workdir: str, which: str = 'latest', image_path: str | None = None,
                  split: str | None = None) -> str:
-  """Writes workdir/report/ (figures + index.html); returns the path of index.html."""
+  """Writes workdir/report/ (figures + index.html); returns the path of index.html.
+
+  A sweep's workdir gets the sweep's report instead (see `build_sweep_report`).
+  """
+  from cnn_jax import sweep  # pylint: disable=g-import-not-at-top
+  if os.path.exists(os.path.join(workdir, sweep.SWEEP_FILE)):
+    return build_sweep_report(workdir)
   from cnn_jax import evaluate, figures, inference, summary  # pylint: disable=g-import-not-at-top
   from cnn_jax.metric_writers import read_metrics  # pylint: disable=g-import-not-at-top
   trained = inference.load_trained(workdir, which)

@@ -62,9 +62,16 @@ def open_study(workdir: str, storage_url: str | None, sampler: str, pruner: str,
   from optuna.storages import journal  # pylint: disable=g-import-not-at-top
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   if storage_url:
-    storage = optuna.storages.RDBStorage(
-        storage_url, heartbeat_interval=60, grace_period=180,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2))
+    try:
+      storage = optuna.storages.RDBStorage(
+          storage_url, heartbeat_interval=60, grace_period=180,
+          failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2))
+    except ImportError:
+      raise UserError(f'--storage {storage_url}: the database driver is not installed; for '
+                      "PostgreSQL: pip install -e '.[postgres]'") from None
+    except Exception as e:  # pylint: disable=broad-except  # SQLAlchemy's errors: a bad URL.
+      raise UserError(f'--storage {storage_url}: cannot open the study database: '
+                      f'{str(e).splitlines()[0]}') from None
   else:
     os.makedirs(workdir, exist_ok=True)
     storage = optuna.storages.JournalStorage(journal.JournalFileBackend(

@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from cnn_jax import sweep_space
+from cnn_jax import report, sweep_space
 from cnn_jax.config_validation import validate_config
 from cnn_jax.errors import UserError
 from conftest import REPO, load_config
@@ -57,6 +57,12 @@ def test_a_2x2_grid_runs_every_point_and_writes_its_results(tmp_path):
   with Image.open(tmp_path / 'sweep.png') as image:
     assert min(image.size) > 150
   assert _sweep(tmp_path, *GRID).count('\ntrial ') == 0  # Re-running repeats nothing.
+  page = (tmp_path / 'report' / 'index.html')
+  assert report.build_report(str(tmp_path)) == str(page)  # A sweep's workdir: its own report.
+  text = page.read_text()
+  assert text.count('<tr>') == 5 and 'src="sweep.png"' in text  # Header + one row per trial.
+  with Image.open(tmp_path / 'report' / 'sweep.png') as image:
+    image.verify()
 
 
 def load_config_file(path):
@@ -119,3 +125,22 @@ def test_sweep_specs_parse_and_are_checked_against_the_config():
   for bad in ('nokey', 'lr=loguniform(0,1)', 'x=uniform(2,1)', 'x=[]'):
     with pytest.raises(UserError):
       sweep_space.parse(bad)
+
+
+def test_two_workers_share_a_postgresql_study(tmp_path):
+  """The several-machines set-up, on loopback: one database, two worker processes."""
+  from postgres_server import postgres_url  # pylint: disable=g-import-not-at-top
+  try:
+    server = postgres_url()
+    url = server.__enter__()
+  except RuntimeError as reason:
+    print(f'\nSKIPPED PostgreSQL sweep test: {reason}')
+    pytest.skip(f'no PostgreSQL server: {reason}')
+  try:
+    _sweep(tmp_path, *GRID, f'--storage={url}', '--workers=2')
+    rows = _table(tmp_path)
+    assert len(rows) == 4 and all(r['status'] == 'complete' for r in rows)
+    assert len({(r['model.features'], r['model.kernel_size']) for r in rows}) == 4
+    assert not (tmp_path / 'study.journal').exists()  # The study lived in the database.
+  finally:
+    server.__exit__(None, None, None)
