@@ -93,9 +93,11 @@ def test_a_killed_sweep_resumes_its_trial_and_repeats_no_finished_one(tmp_path):
 
 
 def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path):
-  _sweep(tmp_path, *GRID, '--workers=2')
+  _sweep(tmp_path, *GRID, '--workers=2', '--test_split=test')
   rows = _table(tmp_path)
   assert len(rows) == 4 and all(r['status'] == 'complete' for r in rows)
+  # The best checkpoint of each trial, evaluated on the test split (here also the eval split).
+  assert all(r['test_accuracy'] == r['best_eval_accuracy'] for r in rows)
   assert len({(r['model.features'], r['model.kernel_size']) for r in rows}) == 4
   assert all(_finals(tmp_path, int(r['trial'])) == (1, False) for r in rows)
 
