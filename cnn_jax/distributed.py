@@ -61,3 +61,8 @@ def to_global(batch: dict[str, np.ndarray], sharding) -> dict:
     return np.ascontiguousarray(array[index * rows:(index + 1) * rows])
   return {key: jax.make_array_from_process_local_data(sharding, local(value), value.shape)
           for key, value in batch.items()}
+
+
+def replicate(array: np.ndarray, sharding) -> jax.Array:
+  """A host array present in every process, as one global array replicated on every device."""
+  return jax.make_array_from_process_local_data(sharding, array, array.shape)

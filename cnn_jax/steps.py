@@ -83,6 +83,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   return jax.jit(train_step, donate_argnums=0)
 
 
+def make_gather_train_step(train_step) -> Callable:
+  """Returns a jitted `step(state, images, labels, index) -> (state, metrics)` for on-device data.
+
+  `images` [N, H, W, C] and `labels` [N] are the whole normalised training split, already on the
+  device; only the batch's indices [B] travel each step. The batch is gathered inside the same
+  compiled program, so the host neither assembles nor copies images.
+  """
+  def step(state, images, labels, index):
+    return train_step(state, {'image': images[index], 'label': labels[index]})
+  return jax.jit(step, donate_argnums=0)
+
+
 def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
   """Returns the jitted `eval_step(state, batch) -> sums` over the real (mask = 1) examples.
 

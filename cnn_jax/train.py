@@ -71,6 +71,22 @@ def report_skipped(dataset: data.Dataset, workdir: str) -> None:
         flush=True)
 
 
+def put_split_on_device(split: data.Split, normalizer: data.Normalizer, sharding):
+  """Returns the normalised training split as device arrays (images, labels), if it fits.
+
+  Raises:
+    UserError: the device reports its memory and the split would take more than half of it.
+  """
+  images = normalizer(split.images)
+  stats = jax.local_devices()[0].memory_stats() or {}
+  limit = stats.get('bytes_limit')
+  if limit and images.nbytes > limit / 2:
+    raise UserError(f'config.data.on_device=True: the training split takes '
+                    f'{images.nbytes / 2**30:.1f} GiB, more than half of the device\'s '
+                    f'{limit / 2**30:.1f} GiB; leave on_device off for this dataset.')
+  return distributed.replicate(images, sharding), distributed.replicate(split.labels, sharding)
+
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
   """Returns the Flax module named by config.model, for `num_classes` outputs."""
   return models.create_model(config.model.name, num_classes, dtype=DTYPES[config.dtype],
@@ -171,6 +187,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       save_dataset_record(workdir, dataset.info, dataset.normalizer)
     train_step = steps.make_train_step(model, tx, config.label_smoothing,
                                        Augmentation(**config.augment))
+    if config.data.on_device:  # Batches gathered on the device: only indices leave the host.
+      device_split = put_split_on_device(dataset.train, dataset.normalizer, replicated)
+      gather_step = steps.make_gather_train_step(train_step)
     eval_step = steps.make_eval_step(model)
 
     # ---- loop --------------------------------------------------------------------------------------
@@ -184,9 +203,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                disable=None if config.progress_bar and distributed.is_main_process() else True)
     with signals.StopRequest() as stop:
       for step in range(start_step, num_steps):
-        batch = data.train_batch(dataset.train, dataset.normalizer, config.batch_size,
-                                 config.seed, step)
-        state, metrics = train_step(state, distributed.to_global(batch, batch_sharding))
+        if config.data.on_device:
+          index = data.train_indices(len(dataset.train), config.batch_size, config.seed, step)
+          index = distributed.to_global({'index': index}, batch_sharding)['index']
+          state, metrics = gather_step(state, *device_split, index)
+        else:
+          batch = data.train_batch(dataset.train, dataset.normalizer, config.batch_size,
+                                   config.seed, step)
+          state, metrics = train_step(state, distributed.to_global(batch, batch_sharding))
         pending.append(metrics)
         done = step + 1
         bar.update(1)

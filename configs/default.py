@@ -30,6 +30,7 @@ def get_config():
   config.data.max_skip_fraction = 0.05  # Stop if more files than this are unreadable.
   config.data.workers = 0  # Image-decoding threads; 0 = one per CPU core.
   config.data.cache = True  # Keep decoded, resized folder images in PATH/.cnn_jax_cache.
+  config.data.on_device = False  # Hold the whole training split on the device (digits, MNIST).
   config.data.csv = config_dict.placeholder(str)  # 'csv' source: CSV of file and label columns.
   config.data.csv_file_column = ''  # '' = the first of filename, file, image, image_id, id, path.
   config.data.csv_label_column = ''  # '' = the first of label, class, category, target.

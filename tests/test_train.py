@@ -137,3 +137,14 @@ def test_tfds_configs_run_end_to_end_under_mock_data(tmp_path, name):
     metrics = train.train_and_evaluate(config, str(tmp_path / name))
   # Mock data serves num_examples for any split, slices included: all 24 are evaluated once.
   assert metrics['count'] == 24 and 0.0 <= metrics['accuracy'] <= 1.0
+
+
+def test_dataset_on_the_device_trains_exactly_like_batches_from_the_host(tmp_path):
+  records = {}
+  for on_device in (False, True):
+    config = _short_digits_config()
+    config.data.on_device = on_device
+    train.train_and_evaluate(config, str(tmp_path / str(on_device)))
+    records[on_device] = [{k: v for k, v in r.items() if k != 'time'}
+                          for r in read_metrics(str(tmp_path / str(on_device)))]
+  assert records[True] == records[False]  # Same indices, same normalised pixels: bit for bit.

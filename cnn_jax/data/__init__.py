@@ -12,13 +12,13 @@ import dataclasses
 import os
 
 from cnn_jax.data import cache, csv_labels, digits, idx, image_folder, tfds_source
-from cnn_jax.data.batching import eval_batches, steps_per_epoch, train_batch
+from cnn_jax.data.batching import eval_batches, steps_per_epoch, train_batch, train_indices
 from cnn_jax.data.dataset import Dataset, DatasetInfo, Normalizer, Split
 from cnn_jax.data.images import RESIZE_MODES, resize_images
 from cnn_jax.errors import UserError
 
 __all__ = ['DataSpec', 'Dataset', 'DatasetInfo', 'Normalizer', 'Split', 'describe_dataset',
-           'load_dataset', 'load_split', 'raw_max_value', 'eval_batches', 'train_batch',
+           'load_dataset', 'load_split', 'raw_max_value', 'eval_batches', 'train_batch', 'train_indices',
            'steps_per_epoch', 'LOCAL_SOURCES', 'NO_HORIZONTAL_FLIP', 'RESIZE_MODES']
 
 LOCAL_SOURCES = ('digits', 'image_folder', 'csv', 'idx')

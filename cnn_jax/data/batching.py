@@ -28,14 +28,20 @@ def _epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
+def train_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """Returns the example indices int32 [B] of training batch number `step`."""
+  per_epoch = steps_per_epoch(num_examples, batch_size)
+  epoch, index = divmod(step, per_epoch)
+  order = _epoch_order(seed, epoch, num_examples)
+  # A split smaller than one batch wraps around so the batch shape never changes.
+  return np.take(order, np.arange(index * batch_size, (index + 1) * batch_size),
+                 mode='wrap').astype(np.int32)
+
+
 def train_batch(split: Split, normalizer: Normalizer, batch_size: int, seed: int,
                 step: int) -> dict[str, np.ndarray]:
   """Returns training batch number `step`: {'image': float32 [B, H, W, C], 'label': int32 [B]}."""
-  per_epoch = steps_per_epoch(len(split), batch_size)
-  epoch, index = divmod(step, per_epoch)
-  order = _epoch_order(seed, epoch, len(split))
-  # A split smaller than one batch wraps around so the batch shape never changes.
-  take = np.take(order, np.arange(index * batch_size, (index + 1) * batch_size), mode='wrap')
+  take = train_indices(len(split), batch_size, seed, step)
   return {'image': normalizer(split.images[take]), 'label': split.labels[take]}
 
 
