@@ -9,6 +9,7 @@ temporary directory and renames it when complete, so a save cut short by a kill 
 for a checkpoint; its leftovers are removed the next time the workdir is opened.
 """
 
+import json
 import os
 from typing import Any
 
@@ -70,6 +71,9 @@ def save(manager: ocp.CheckpointManager, state: Any, progress: dict,
     eval_metrics: the eval metrics at this step, if any: they rank the checkpoint for keep_best.
   """
   step = int(jax.device_get(state.step))
+  # The write happens later, on another thread: snapshot `progress` now, or the caller's next
+  # changes to it (the loop keeps adding to its running sums) would leak into this checkpoint.
+  progress = json.loads(json.dumps(progress))
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              progress=ocp.args.JsonSave(progress)),
                metrics=eval_metrics, force=True)

@@ -206,3 +206,17 @@ def test_a_checkpoint_written_on_two_devices_restores_on_one(tmp_path):
   report = evaluate.evaluate_workdir(str(tmp_path))
   final = [r for r in read_metrics(str(tmp_path)) if r['split'] == 'eval'][-1]
   assert report['accuracy'] == pytest.approx(final['accuracy'], abs=1e-9)
+
+
+def test_a_save_keeps_the_progress_of_its_own_step(tmp_path):
+  """The write is asynchronous: changes the loop makes afterwards must not leak into it."""
+  state = _fresh_state(features=(4,), dense=())
+  manager = checkpoint.open_manager(str(tmp_path))
+  progress = {'train_sums': {'loss': 1.5, 'count': 3}}
+  checkpoint.save(manager, state, progress)
+  progress['train_sums']['loss'] += 100.0  # What the loop does at the next steps.
+  progress['train_sums']['count'] += 7
+  manager.wait_until_finished()
+  _, restored = checkpoint.restore(manager, 0, state)
+  manager.close()
+  assert restored == {'train_sums': {'loss': 1.5, 'count': 3}}
