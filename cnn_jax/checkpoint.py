@@ -168,7 +168,7 @@ def _locate(path: str) -> tuple[str, int | None]:
                   f'(WORKDIR/{CHECKPOINT_DIR}/STEP).')
 
 
-def _merge(fresh: Any, loaded: Any, what: str, layers: str) -> tuple[Any, list[str], list[str]]:
+def _merge(fresh: Any, loaded: Any, what: str) -> tuple[Any, list[str], list[str]]:
   """Copies `loaded` leaves onto `fresh` where path and shape match; returns (tree, taken, kept)."""
   fresh_flat = traverse_util.flatten_dict(fresh, sep='/')
   loaded_flat = traverse_util.flatten_dict(loaded or {}, sep='/')
@@ -224,8 +224,8 @@ def warm_start(state: Any, path: str, layers: str = 'all') -> Any:
     UserError: no checkpoint at `path`, or layers='all' and some layer does not match.
   """
   loaded, root, step = read_state(path)
-  params, taken, kept = _merge(state.params, loaded['params'], 'params', layers)
-  stats, _, kept_stats = _merge(state.batch_stats, loaded.get('batch_stats'), 'batch_stats', layers)
+  params, taken, kept = _merge(state.params, loaded['params'], 'params')
+  stats, _, kept_stats = _merge(state.batch_stats, loaded.get('batch_stats'), 'batch_stats')
   kept += kept_stats
   if kept and layers == 'all':
     raise UserError(f'config.init_from={path!r} (step {step:,}) does not match this model: '

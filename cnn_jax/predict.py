@@ -62,7 +62,8 @@ def expand_paths(paths: list[str]) -> list[str]:
   return files
 
 
-def _decode_all(trained, files: list[str], progress: bool) -> tuple[list, dict[str, str]]:
+def decode_for_model(trained, files: list[str],
+                     progress: bool = False) -> tuple[list, dict[str, str]]:
   """Returns (arrays, {file: reason}): each file decoded and resized as its training data was."""
   from cnn_jax.data import image_folder, images  # pylint: disable=g-import-not-at-top
   height, width, channels = trained.info.image_shape
@@ -85,7 +86,7 @@ def predict_files(trained, files: list[str], top_k: int = 3, batch_size: int = 6
                   progress: bool = False) -> list[Prediction]:
   """Predicts every readable file of `files` with `trained`; unreadable ones carry an error."""
   from cnn_jax import data, inference  # pylint: disable=g-import-not-at-top
-  arrays, errors = _decode_all(trained, files, progress)
+  arrays, errors = decode_for_model(trained, files, progress)
   results = [Prediction(path, error=errors.get(path)) for path in files]
   readable = [r for r, array in zip(results, arrays) if array is not None]
   if readable:

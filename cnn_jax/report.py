@@ -54,7 +54,7 @@ def _feature_map_input(trained, examples, image_path: str | None):
     raw = examples.images[0]
     return raw, trained.normalizer(raw)
   from cnn_jax import predict  # pylint: disable=g-import-not-at-top
-  arrays, errors = predict._decode_all(trained, [image_path], progress=False)  # pylint: disable=protected-access
+  arrays, errors = predict.decode_for_model(trained, [image_path])
   if arrays[0] is None:
     raise UserError(f'--image {image_path!r}: {errors.get(image_path)}')
   normalizer = dataclasses.replace(trained.normalizer, max_value=predict.FILE_PIXEL_MAX)

@@ -219,17 +219,15 @@ def swept_params(sweep_flags: list[str]):
 
 
 def check_combinations(config, params, sampler: str) -> None:
-  """Validates the config of every grid point (or both ends of every range) before any trial."""
+  """Validates the config of every grid point (else every value and range end) before any trial."""
   from cnn_jax import sweep_space  # pylint: disable=g-import-not-at-top
   from cnn_jax.config_validation import config_problems  # pylint: disable=g-import-not-at-top
   sweep_space.check(config, params)
   if sampler == 'grid':
     points = [sweep_space.values_of(params, point) for point in sweep_space.grid(params)]
-  else:
-    points = [{p.key: (p.values[0] if p.kind == 'choice' else end) for p in params}
-              for end in ('low', 'high')]
-    points = [{k: getattr(next(p for p in params if p.key == k), v) if v in ('low', 'high')
-               else v for k, v in point.items()} for point in points]
+  else:  # Ranges cannot be enumerated: try every listed value and both ends of every range.
+    points = [{p.key: value} for p in params
+              for value in (p.values if p.kind == 'choice' else (p.low, p.high))]
   for point in points:
     problems = config_problems(sweep_space.apply(config, point))
     if problems:

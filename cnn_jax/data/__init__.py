@@ -102,8 +102,8 @@ def describe_dataset(spec: DataSpec) -> DatasetInfo:
   return DatasetInfo(spec.name, len(class_names), class_names, (height, width, channels))
 
 
-def _load_folder_split(spec: DataSpec, split: str) -> Split:
-  index, row_problems = _folder_index(spec)
+def _load_folder_split(spec: DataSpec, split: str, folder) -> Split:
+  index, row_problems = folder
   total_rows = len(index.files) + len(row_problems)
   if len(row_problems) > spec.max_skip_fraction * total_rows:
     raise UserError(
@@ -126,15 +126,14 @@ def _load_folder_split(spec: DataSpec, split: str) -> Split:
   return loaded
 
 
-def load_split(spec: DataSpec, split: str) -> Split:
-  """Loads one split into host memory as raw pixels (uint8 [N, H, W, C]) and int32 labels.
+def _folder(spec: DataSpec):
+  """The file index of a folder or CSV source (built once per load), else None."""
+  return _folder_index(spec) if spec.name in ('image_folder', 'csv') else None
 
-  Raises:
-    UserError: an unknown split or source, or (image folders) too many unreadable files.
-  """
-  describe_dataset(spec)  # Name, path and size problems, before any decoding.
-  if spec.name in ('image_folder', 'csv'):
-    return _load_folder_split(spec, split)
+
+def _load_split(spec: DataSpec, split: str, folder) -> Split:
+  if folder is not None:
+    return _load_folder_split(spec, split, folder)
   if spec.name == 'digits':
     if split not in digits.SPLITS:
       raise UserError(f"'digits' has splits {digits.SPLITS}; got {split!r}.")
@@ -146,6 +145,16 @@ def load_split(spec: DataSpec, split: str) -> Split:
                                   spec.image_size)
   return Split(resize_images(loaded.images, spec.image_size), loaded.labels) if (
       spec.image_size) else loaded
+
+
+def load_split(spec: DataSpec, split: str) -> Split:
+  """Loads one split into host memory as raw pixels (uint8 [N, H, W, C]) and int32 labels.
+
+  Raises:
+    UserError: an unknown split or source, or (image folders) too many unreadable files.
+  """
+  describe_dataset(spec)  # Name, path and size problems, before any decoding.
+  return _load_split(spec, split, _folder(spec))
 
 
 def raw_max_value(name: str) -> float:
@@ -160,5 +169,6 @@ def load_dataset(spec: DataSpec, train_split: str = 'train', eval_split: str = '
     A `Dataset` whose splits hold raw pixels; `dataset.normalizer` maps them to model inputs.
   """
   info = describe_dataset(spec)
-  train, held_out = (load_split(spec, split) for split in (train_split, eval_split))
+  folder = _folder(spec)  # Indexed (a CSV parsed) once for both splits.
+  train, held_out = (_load_split(spec, split, folder) for split in (train_split, eval_split))
   return Dataset(info, train, held_out, Normalizer.fit(train.images, raw_max_value(spec.name)))

@@ -70,7 +70,23 @@ def load_split(directory: str, split: str) -> Split:
   return Split(images[..., None], labels.astype(np.int32))
 
 
+def _image_shape(path: str) -> tuple[int, ...]:
+  """The dimensions in an IDX file's header, without reading its values."""
+  with _open(path) as f:
+    header = f.read(4)
+    if len(header) < 4 or header[0] != 0 or header[1] != 0:
+      raise UserError(f'{path} is not an IDX file (bad magic number {header.hex()}).')
+    return tuple(int(d) for d in np.frombuffer(f.read(4 * header[3]), '>i4'))
+
+
 def describe(directory: str) -> tuple[int, tuple[int, int, int]]:
-  """Returns (number of classes, image shape) from the training files' headers and labels."""
-  train = load_split(directory, 'train')
-  return int(train.labels.max()) + 1, train.images.shape[1:]
+  """Returns (number of classes, image shape) from the training labels and the images' header.
+
+  Only the small labels file is read; the images are read when a split is loaded.
+  """
+  shape = _image_shape(_find(directory, SPLITS['train'], 'images'))
+  labels = read_idx(_find(directory, SPLITS['train'], 'labels'))
+  if len(shape) != 3 or labels.ndim != 1:
+    raise UserError(f'{directory}: expected images [N, H, W] and labels [N], found {shape} and '
+                    f'{labels.shape}.')
+  return int(labels.max()) + 1, (*shape[1:], 1)
