@@ -9,11 +9,14 @@ import math
 import ml_collections
 
 from cnn_jax import data, models, optim
+from cnn_jax.cpu_kernels import CPU_KERNELS
 from cnn_jax.checkpoint import BEST_METRICS
 from cnn_jax.errors import UserError
 
 DTYPES = ('float32', 'bfloat16')
 INIT_LAYERS = ('all', 'matching')
+# Model fields set from elsewhere than config.model: the dataset, config.dtype, config.pool_first.
+GLOBAL_MODEL_FIELDS = ('num_classes', 'dtype', 'pool_first')
 
 
 def _suggest(value, allowed) -> str:
@@ -43,6 +46,7 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   """Returns a list of human-readable problems with `config` ([] when it is valid)."""
   p = []
   _check_number(p, 'seed', config.seed, integer=True)
+  _check_number(p, 'population.size', config.population.size, low=0, integer=True)
   _check_number(p, 'batch_size', config.batch_size, low=1, integer=True)
   _check_number(p, 'eval_batch_size', config.eval_batch_size, low=1, integer=True)
   for key in ('batch_size', 'eval_batch_size'):
@@ -54,9 +58,16 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   if not p and config.num_steps == 0 and config.num_epochs == 0:
     p.append('config.num_epochs and config.num_steps are both 0: set one to the training length')
   _check_number(p, 'log_every_steps', config.log_every_steps, low=1, integer=True)
+  _check_number(p, 'steps_per_dispatch', config.steps_per_dispatch, low=0, integer=True)
+  if (isinstance(config.steps_per_dispatch, int) and config.steps_per_dispatch > 1
+      and not config.data.on_device):
+    p.append(f'config.steps_per_dispatch={config.steps_per_dispatch} runs several steps per call '
+             'on data held on the device: also set config.data.on_device=True')
   _check_number(p, 'eval_every_steps', config.eval_every_steps, low=0, integer=True)
   _check_number(p, 'label_smoothing', config.label_smoothing, low=0, high=0.999)
   _check_choice(p, 'dtype', config.dtype, DTYPES)
+  _check_choice(p, 'cpu_kernels', config.cpu_kernels, CPU_KERNELS)
+  _check_choice(p, 'pool_first', config.pool_first, (True, False))
   d = config.data
   _check_number(p, 'data.image_size', d.image_size, low=0, integer=True)
   _check_choice(p, 'data.channels', d.channels, (0, 1, 3))
@@ -99,7 +110,7 @@ def _model_problems(model_config) -> list[str]:
   if name not in models.MODELS:
     return [f'config.model.name={name!r} is not one of {", ".join(sorted(models.MODELS))}'
             + _suggest(name, models.MODELS)]
-  accepted = set(models.model_fields(name)) - {'num_classes', 'dtype'}
+  accepted = set(models.model_fields(name)) - set(GLOBAL_MODEL_FIELDS)
   return [f'config.model.{key} is not a setting of model {name!r}{_suggest(key, accepted)}; '
           f'it takes: {", ".join(sorted(accepted))}'
           for key in model_config if key != 'name' and key not in accepted]

@@ -35,8 +35,9 @@ def define_flags() -> None:
 def _capture(trained, image: np.ndarray, layer_names: list[str]) -> list[tuple[str, np.ndarray]]:
   """Returns (name, activations [H, W, C]) of the named layers for one normalised image."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from cnn_jax.models import Pool  # pylint: disable=g-import-not-at-top
-  wanted = lambda module, method: method == '__call__' and isinstance(module, (nn.Conv, Pool))
+  from cnn_jax.models import layers  # pylint: disable=g-import-not-at-top
+  kinds = (nn.Conv, layers.Conv, layers.Pool)
+  wanted = lambda module, method: method == '__call__' and isinstance(module, kinds)
   _, state = trained.model.apply(trained.variables, image[None], train=False,
                                  capture_intermediates=wanted, mutable=['intermediates'])
   layers = []

@@ -42,19 +42,29 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
                     rng=state_rng)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+def is_static_zero(value: Any) -> bool:
+  """True for a plain Python 0 (a setting that is off); False for other numbers and for arrays.
+
+  A population (`cnn_jax.population`) passes hyperparameters as traced arrays, one value per
+  member; then a layer or loss term must be built even where one member's value is 0.
+  """
+  return isinstance(value, (int, float)) and value == 0
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array,
+                  label_smoothing: float | jax.Array = 0.0) -> jax.Array:
   """Per-example softmax cross-entropy [B] of logits [B, K] against integer labels [B]."""
-  if label_smoothing == 0.0:
+  if is_static_zero(label_smoothing):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    label_smoothing: float = 0.0,
-                    augmentation: Augmentation = Augmentation()) -> Callable[
-                        [TrainState, Batch], tuple[TrainState, Metrics]]:
-  """Returns the jitted `train_step(state, batch) -> (state, metrics)`; `state` is donated.
+def train_step_fn(model: nn.Module, tx: optax.GradientTransformation,
+                  label_smoothing: float | jax.Array = 0.0,
+                  augmentation: Augmentation = Augmentation()) -> Callable[
+                      [TrainState, Batch], tuple[TrainState, Metrics]]:
+  """Returns the pure `train_step(state, batch) -> (state, metrics)`, not yet jitted.
 
   The batch is augmented on the device first (see `cnn_jax.augment`), if `augmentation` says so.
   metrics: {'loss': mean training loss of the batch, 'accuracy': its top-1 accuracy}.
@@ -80,23 +90,54 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
     return new_state, {'loss': loss, 'accuracy': accuracy}
 
-  return jax.jit(train_step, donate_argnums=0)
+  return train_step
 
 
-def make_gather_train_step(train_step) -> Callable:
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    label_smoothing: float = 0.0,
+                    augmentation: Augmentation = Augmentation(),
+                    compiler_options: dict[str, str] | None = None) -> Callable[
+                        [TrainState, Batch], tuple[TrainState, Metrics]]:
+  """Returns `train_step_fn(...)` jitted, with `state` donated.
+
+  `compiler_options`: XLA options of the compiled step (see `cnn_jax.cpu_kernels`).
+  """
+  return jax.jit(train_step_fn(model, tx, label_smoothing, augmentation), donate_argnums=0,
+                 compiler_options=compiler_options)
+
+
+def make_gather_train_step(train_step: Callable,
+                           compiler_options: dict[str, str] | None = None) -> Callable:
   """Returns a jitted `step(state, images, labels, index) -> (state, metrics)` for on-device data.
 
-  `images` [N, H, W, C] and `labels` [N] are the whole normalised training split, already on the
-  device; only the batch's indices [B] travel each step. The batch is gathered inside the same
-  compiled program, so the host neither assembles nor copies images.
+  `train_step` is a pure step from `train_step_fn`. `images` [N, H, W, C] and `labels` [N] are
+  the whole normalised training split, already on the device; only the batch's indices [B]
+  travel each step. The batch is gathered inside the same compiled program, so the host neither
+  assembles nor copies images.
   """
   def step(state, images, labels, index):
     return train_step(state, {'image': images[index], 'label': labels[index]})
-  return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, donate_argnums=0, compiler_options=compiler_options)
 
 
-def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
-  """Returns the jitted `eval_step(state, batch) -> sums` over the real (mask = 1) examples.
+def make_scan_train_step(train_step: Callable,
+                         compiler_options: dict[str, str] | None = None) -> Callable:
+  """Returns a jitted `steps(state, images, labels, index) -> (state, metrics)` that runs K steps.
+
+  Like `make_gather_train_step`, but `index` is [B, K]: column k holds step k's batch, and
+  `lax.scan` runs the K steps inside one compiled call, so the host dispatches once per K steps.
+  The metrics come back stacked, [K] each. (The index is [B, K], not [K, B], so that it is
+  sharded along its first axis like every batch.)
+  """
+  def steps(state, images, labels, index):
+    def one_step(state, batch_index):
+      return train_step(state, {'image': images[batch_index], 'label': labels[batch_index]})
+    return jax.lax.scan(one_step, state, index.T)
+  return jax.jit(steps, donate_argnums=0, compiler_options=compiler_options)
+
+
+def eval_step_fn(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
+  """Returns the pure `eval_step(state, batch) -> sums` over the real (mask = 1) examples.
 
   It returns sums, not means, so that batches of different fill add up exactly:
   {'loss_sum', 'correct', 'count'}; the caller divides once at the end.
@@ -111,4 +152,10 @@ def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
     return {'loss_sum': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask),
             'count': jnp.sum(mask)}
 
-  return jax.jit(eval_step)
+  return eval_step
+
+
+def make_eval_step(model: nn.Module, compiler_options: dict[str, str] | None = None
+                   ) -> Callable[[TrainState, Batch], Metrics]:
+  """Returns `eval_step_fn(model)` jitted."""
+  return jax.jit(eval_step_fn(model), compiler_options=compiler_options)

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import Pool
+from cnn_jax.models.layers import Conv, Pool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ def count_params(params: Any) -> int:
 def _layer_flops(module: nn.Module, params: Mapping[str, Any], out_shape: tuple) -> int:
   """FLOPs per image of one leaf layer whose output for one image has shape `out_shape`."""
   outputs = math.prod(out_shape)
-  if isinstance(module, nn.Conv):
+  if isinstance(module, (nn.Conv, Conv)):
     # kernel [kh, kw, Cin/groups, Cout]: each output pixel does kh·kw·Cin/groups MACs per channel.
     kernel = params['kernel'].shape
     return 2 * math.prod(out_shape[:-1]) * math.prod(kernel)

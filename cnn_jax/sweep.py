@@ -29,6 +29,9 @@ SAMPLERS = ('grid', 'random', 'tpe')
 PRUNERS = ('none', 'median', 'halving')
 STUDY_NAME = 'cnn_jax'
 SWEEP_FILE = 'sweep.json'
+# Config keys a population (cnn_jax.population) varies per member.
+POPULATION_KEYS = ('seed', 'optimizer.learning_rate', 'optimizer.weight_decay', 'label_smoothing',
+                   'model.dense_dropout', 'model.conv_dropout')
 
 
 def define_flags() -> None:
@@ -50,6 +53,9 @@ def define_flags() -> None:
   flags.DEFINE_string('storage', None, 'Optuna storage URL (e.g. postgresql://user@host/db) '
                       'shared by workers on several machines; default: WORKDIR/study.journal.')
   flags.DEFINE_string('test_split', None, 'Also evaluate each finished trial on this split.')
+  flags.DEFINE_integer('population', 1, 'Train up to this many trials at once as one population '
+                       '(cnn_jax.population) when every swept key is a per-member value: '
+                       f'{", ".join(POPULATION_KEYS)}.', lower_bound=1)
   flags.DEFINE_bool('worker', False, 'Internal: run trials only (started by the sweep itself, or '
                     'by hand on other machines with a shared --storage).')
   flags.mark_flags_as_required(['config', 'workdir'])
@@ -142,8 +148,7 @@ def run_trial(trial, base_config, params, sweep_dir: str, test_split: str | None
     optuna.TrialPruned: the pruner stopped it at an evaluation.
   """
   import optuna  # pylint: disable=g-import-not-at-top
-  from cnn_jax import evaluate, sweep_space, train  # pylint: disable=g-import-not-at-top
-  from cnn_jax.metric_writers import read_metrics  # pylint: disable=g-import-not-at-top
+  from cnn_jax import sweep_space, train  # pylint: disable=g-import-not-at-top
   values = {p.key: sweep_space.suggest(trial, p) for p in params}
   config = sweep_space.apply(base_config, values)
   config.progress_bar = False
@@ -166,6 +171,13 @@ def run_trial(trial, base_config, params, sweep_dir: str, test_split: str | None
       train.train_and_evaluate(config, workdir, on_eval)
   finally:
     trial.set_user_attr('seconds', round(time.time() - started, 1))
+  return _record_finished(trial, workdir, test_split)
+
+
+def _record_finished(trial, workdir: str, test_split: str | None) -> float:
+  """Stores a finished trial's steps, final and test accuracy; returns its best eval accuracy."""
+  from cnn_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from cnn_jax.metric_writers import read_metrics  # pylint: disable=g-import-not-at-top
   evals = [r for r in read_metrics(workdir) if r['split'] == 'eval']
   trial.set_user_attr('steps', evals[-1]['step'])
   trial.set_user_attr('final_accuracy', evals[-1]['accuracy'])
@@ -175,11 +187,62 @@ def run_trial(trial, base_config, params, sweep_dir: str, test_split: str | None
   return max(r['accuracy'] for r in evals)
 
 
+def run_population(trials, base_config, params, sweep_dir: str,
+                   test_split: str | None) -> list[float]:
+  """Trains `trials` as one population, each member in its trial's workdir; returns each one's
+  best eval accuracy. Members share the base config's batch order and, unless swept, its seed."""
+  from cnn_jax import population, sweep_space, train  # pylint: disable=g-import-not-at-top
+  values = [{p.key: sweep_space.coerce(base_config, p.key, sweep_space.suggest(trial, p))
+             for p in params} for trial in trials]
+  config = sweep_space.apply(base_config, {})
+  config.progress_bar = False
+  config.population.size = len(trials)
+  config.population.seeds = tuple(v.get('seed', base_config.seed) for v in values)
+  for field, key in population.VARIED.items():
+    if key in values[0] and key != 'seed':
+      config.population[field] = tuple(v[key] for v in values)
+  workdirs = [trial.user_attrs.get('workdir') or os.path.join(sweep_dir, 'trials',
+                                                               f'{trial.number:04d}')
+              for trial in trials]
+  for trial, workdir, trial_values in zip(trials, workdirs, values):
+    trial.set_user_attr('workdir', workdir)
+    trial.set_user_attr('values', json.dumps({k: repr(v) for k, v in trial_values.items()}))
+  population_dir = os.path.join(sweep_dir, 'populations', f'{trials[0].number:04d}')
+  os.makedirs(population_dir, exist_ok=True)
+  started = time.time()
+  try:
+    with open(os.path.join(population_dir, 'train.log'), 'a', encoding='utf-8') as log, \
+        contextlib.redirect_stdout(log):
+      population.train_population(config, population_dir, workdirs)
+  finally:
+    for trial in trials:  # The population's time, shared by its members.
+      trial.set_user_attr('seconds', round(time.time() - started, 1))
+  return [_record_finished(trial, w, test_split) for trial, w in zip(trials, workdirs)]
+
+
 def run_worker(study, base_config, params, sweep_dir: str, sampler: str, num_trials: int,
-               test_split: str | None) -> None:
+               test_split: str | None, population_size: int = 1) -> None:
   """Runs trials until the plan is done; a failing trial is recorded and the next one starts."""
   import optuna  # pylint: disable=g-import-not-at-top
   from cnn_jax import signals  # pylint: disable=g-import-not-at-top
+  while population_size > 1:
+    trials = []
+    while len(trials) < population_size and (t := next_trial(study, sampler, num_trials)):
+      trials.append(t)
+    if not trials:
+      return
+    try:
+      accuracies = run_population(trials, base_config, params, sweep_dir, test_split)
+    except UserError as e:
+      for trial in trials:
+        trial.set_user_attr('status', str(e).splitlines()[0])
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+      print(f'trials {[t.number for t in trials]}: failed: {str(e).splitlines()[0]}', flush=True)
+      continue
+    for trial, value in zip(trials, accuracies):
+      study.tell(trial, value)
+      print(f'trial {trial.number}: best eval accuracy {value:.2%} '
+            f'({trial.user_attrs.get("values")})', flush=True)
   while (trial := next_trial(study, sampler, num_trials)) is not None:
     try:
       value = run_trial(trial, base_config, params, sweep_dir, test_split)
@@ -235,6 +298,17 @@ def check_combinations(config, params, sampler: str) -> None:
                       + '\n  - '.join(problems))
 
 
+def check_population(params, pruner: str) -> None:
+  """Refuses --population for a sweep whose trials cannot share one program."""
+  others = [p.key for p in params if p.key not in POPULATION_KEYS]
+  if others:
+    raise UserError(f'--population trains trials together only when they differ in '
+                    f'{", ".join(POPULATION_KEYS)}; this sweep also varies {", ".join(others)}. '
+                    'Drop --population, or sweep those keys in separate sweeps.')
+  if pruner != 'none':
+    raise UserError('--population cannot prune single members; use --pruner none with it.')
+
+
 def _same_sweep(workdir: str, definition: dict) -> None:
   path = os.path.join(workdir, SWEEP_FILE)
   if os.path.exists(path):
@@ -276,6 +350,8 @@ def main(argv: list[str]) -> None:
   config = cli.load_config()
   params = swept_params(args.sweep)
   check_combinations(config, params, args.sampler)
+  if args.population > 1:
+    check_population(params, args.pruner)
   _same_sweep(args.workdir, {'config': json.loads(config.to_json_best_effort()),
                              'sweep': [repr(p) for p in params], 'sampler': args.sampler,
                              'trials': args.trials if args.sampler != 'grid' else None})
@@ -292,7 +368,8 @@ def main(argv: list[str]) -> None:
         raise UserError('a worker failed; its messages are above. Re-run to continue the sweep.')
       write_results(study, config, params, args.workdir)
       return
-  run_worker(study, config, params, args.workdir, args.sampler, args.trials, args.test_split)
+  run_worker(study, config, params, args.workdir, args.sampler, args.trials, args.test_split,
+             args.population)
   if not args.worker:
     write_results(study, config, params, args.workdir)
 

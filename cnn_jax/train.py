@@ -17,7 +17,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from cnn_jax import checkpoint, data, distributed, models, optim, signals, steps, summary
+from cnn_jax import (checkpoint, cpu_kernels, data, distributed, models, optim, signals, steps,
+                     summary)
 from cnn_jax.augment import Augmentation
 from cnn_jax.config_validation import model_kwargs, validate_config
 from cnn_jax.errors import UserError
@@ -34,14 +35,20 @@ def log(*args, **kwargs) -> None:
     print(*args, **{'flush': True, **kwargs})
 
 
-def evaluate(eval_step, state: steps.TrainState, split: data.Split, normalizer: data.Normalizer,
-             batch_size: int, sharding: NamedSharding) -> dict[str, float]:
-  """Returns {'loss', 'accuracy', 'count'} over every example of `split`, each counted once."""
+def eval_sums(eval_step, state: steps.TrainState, split: data.Split, normalizer: data.Normalizer,
+              batch_size: int, sharding: NamedSharding) -> dict[str, np.ndarray]:
+  """Returns `eval_step`'s sums {'loss_sum', 'correct', 'count'} over every example of `split`."""
   totals = None
   for batch in data.eval_batches(split, normalizer, batch_size):
     sums = eval_step(state, distributed.to_global(batch, sharding))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
+  return jax.device_get(totals)
+
+
+def evaluate(eval_step, state: steps.TrainState, split: data.Split, normalizer: data.Normalizer,
+             batch_size: int, sharding: NamedSharding) -> dict[str, float]:
+  """Returns {'loss', 'accuracy', 'count'} over every example of `split`, each counted once."""
+  totals = eval_sums(eval_step, state, split, normalizer, batch_size, sharding)
   count = float(totals['count'])
   return {'loss': float(totals['loss_sum']) / count, 'accuracy': float(totals['correct']) / count,
           'count': count}
@@ -89,8 +96,10 @@ def put_split_on_device(split: data.Split, normalizer: data.Normalizer, sharding
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
   """Returns the Flax module named by config.model, for `num_classes` outputs."""
-  return models.create_model(config.model.name, num_classes, dtype=DTYPES[config.dtype],
-                             **model_kwargs(config.model))
+  kwargs = model_kwargs(config.model)
+  if 'pool_first' in models.model_fields(config.model.name):
+    kwargs['pool_first'] = config.get('pool_first', True)  # Absent from older runs' config.json.
+  return models.create_model(config.model.name, num_classes, dtype=DTYPES[config.dtype], **kwargs)
 
 
 def _accumulate(sums: dict[str, float], pending: list) -> None:
@@ -99,11 +108,31 @@ def _accumulate(sums: dict[str, float], pending: list) -> None:
   The same additions in the same order happen whether or not the run was resumed in between
   (the sums travel in the checkpoint), so logged averages are bitwise identical either way.
   """
-  for metrics in jax.device_get(pending):
-    sums['loss'] += float(metrics['loss'])
-    sums['accuracy'] += float(metrics['accuracy'])
-    sums['count'] += 1
+  for metrics in jax.device_get(pending):  # A scanned dispatch gives [K] metrics for K steps.
+    for loss, accuracy in zip(np.atleast_1d(metrics['loss']), np.atleast_1d(metrics['accuracy'])):
+      sums['loss'] += float(loss)
+      sums['accuracy'] += float(accuracy)
+      sums['count'] += 1
   pending.clear()
+
+
+def steps_per_dispatch(config: ml_collections.ConfigDict, per_epoch: int) -> int:
+  """Training steps run by one compiled call: config.steps_per_dispatch, or for 0 (auto) a whole
+  epoch on a GPU or TPU with the data on the device, and 1 otherwise.
+
+  On a CPU, XLA runs convolutions inside a loop several times slower than the same step called
+  from Python (see experiments/benchmarks/RESULTS.md), so auto never scans there.
+  """
+  if config.steps_per_dispatch:
+    return config.steps_per_dispatch
+  on_accelerator = jax.devices()[0].platform != 'cpu'
+  return per_epoch if config.data.on_device and on_accelerator else 1
+
+
+def _next_stop(done: int, num_steps: int, every: tuple[int, ...]) -> int:
+  """The first step after `done` where the loop must regain control: the end, or a multiple of
+  any period in `every` (logging, evaluation, saving)."""
+  return min([num_steps] + [(done // period + 1) * period for period in every if period])
 
 
 def _resume(manager, state: steps.TrainState, workdir: str,
@@ -141,6 +170,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     UserError: a mistake in the config or data, or a workdir this config cannot resume.
     signals.TrainingInterrupted: SIGTERM or Ctrl-C; a checkpoint was saved first.
   """
+  if config.population.size > 1:  # N models at once: a loop of its own (cnn_jax/population.py).
+    from cnn_jax import population  # pylint: disable=g-import-not-at-top
+    return population.train_population(config, workdir)
   # ---- check everything before any work ----------------------------------------------------------
   mesh = Mesh(np.asarray(jax.devices()), ('data',))  # One data axis; one device is a mesh of one.
   validate_config(config, num_devices=mesh.size)
@@ -185,15 +217,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if distributed.is_main_process():
       save_run_record(workdir, config)
       save_dataset_record(workdir, dataset.info, dataset.normalizer)
-    train_step = steps.make_train_step(model, tx, config.label_smoothing,
-                                       Augmentation(**config.augment))
+    options = cpu_kernels.compiler_options(config.cpu_kernels)
+    step_fn = steps.train_step_fn(model, tx, config.label_smoothing,
+                                  Augmentation(**config.augment))
+    train_step = jax.jit(step_fn, donate_argnums=0, compiler_options=options)
     if config.data.on_device:  # Batches gathered on the device: only indices leave the host.
       device_split = put_split_on_device(dataset.train, dataset.normalizer, replicated)
-      gather_step = steps.make_gather_train_step(train_step)
-    eval_step = steps.make_eval_step(model)
+      gather_step = steps.make_gather_train_step(step_fn, options)
+      scan_step = steps.make_scan_train_step(step_fn, options)
+    per_dispatch = steps_per_dispatch(config, per_epoch)
+    stops = (config.log_every_steps, eval_every, ckpt.every_steps)
+    eval_step = steps.make_eval_step(model, options)
 
     # ---- loop --------------------------------------------------------------------------------------
     start_step = int(jax.device_get(state.step))
+    shuffle_seed = config.seed if config.shuffle_seed is None else config.shuffle_seed
     writer = MetricWriter(workdir, resume_step=start_step, elapsed=progress.get('elapsed', 0.0),
                           enabled=distributed.is_main_process())
     sums = progress.get('train_sums', {'loss': 0.0, 'accuracy': 0.0, 'count': 0})
@@ -202,18 +240,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     bar = tqdm(initial=start_step, total=num_steps, unit='step', dynamic_ncols=True,
                disable=None if config.progress_bar and distributed.is_main_process() else True)
     with signals.StopRequest() as stop:
-      for step in range(start_step, num_steps):
-        if config.data.on_device:
-          index = data.train_indices(len(dataset.train), config.batch_size, config.seed, step)
+      done = start_step
+      while done < num_steps:
+        step = done
+        count = min(per_dispatch, _next_stop(step, num_steps, stops) - step)
+        if count > 1:  # One call runs `count` steps, gathering their batches on the device.
+          index = np.stack([data.train_indices(len(dataset.train), config.batch_size,
+                                               shuffle_seed, s)
+                            for s in range(step, step + count)], axis=1)  # [B, count]
+          index = distributed.to_global({'index': index}, batch_sharding)['index']
+          state, metrics = scan_step(state, *device_split, index)
+        elif config.data.on_device:
+          index = data.train_indices(len(dataset.train), config.batch_size, shuffle_seed, step)
           index = distributed.to_global({'index': index}, batch_sharding)['index']
           state, metrics = gather_step(state, *device_split, index)
         else:
           batch = data.train_batch(dataset.train, dataset.normalizer, config.batch_size,
-                                   config.seed, step)
+                                   shuffle_seed, step)
           state, metrics = train_step(state, distributed.to_global(batch, batch_sharding))
         pending.append(metrics)
-        done = step + 1
-        bar.update(1)
+        done = step + count
+        step = done - 1  # The last step run, for the learning rate logged below.
+        bar.update(count)
         if done % config.log_every_steps == 0 or done == num_steps:
           _accumulate(sums, pending)
           train_metrics = {'loss': sums['loss'] / sums['count'],

@@ -226,3 +226,43 @@ def test_initializer_names_take_effect():
   bound = np.sqrt(6 / (9 * 1 + 9 * 4))
   assert np.abs(xavier['conv_0']['kernel']).max() <= bound
   assert not np.allclose(xavier['conv_0']['kernel'], he['conv_0']['kernel'])
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(activation='relu'), dict(activation='tanh', pool_window=3, pool_stride=2),
+    dict(activation='leaky_relu', batch_norm=True)])
+def test_pool_first_training_equals_the_textbook_order(kwargs):
+  # The fast order (conv → max pool → bias → activation) must compute the textbook network:
+  # equal logits, and gradients equal up to float summation order.
+  shape = (12, 12, 3)
+  fast = create_model('convnet', 4, features=(6, 8), dense=(), **kwargs)
+  textbook = fast.clone(pool_first=False)
+  variables = fast.init(jax.random.key(0), jnp.zeros((1, *shape)))
+  x = images(shape, batch=4)
+
+  def loss(params, model):
+    logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                            mutable=['batch_stats'])
+    return jnp.sum(logits ** 2), logits
+
+  (_, fast_logits), fast_grads = jax.value_and_grad(loss, has_aux=True)(variables['params'], fast)
+  (_, book_logits), book_grads = jax.value_and_grad(loss, has_aux=True)(variables['params'],
+                                                                      textbook)
+  np.testing.assert_array_equal(fast_logits, book_logits)
+  for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(book_grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert any(jnp.any(g != 0) for g in jax.tree.leaves(fast_grads))
+
+
+def test_conv_has_the_parameters_and_outputs_of_flax_conv():
+  # Checkpoints and warm starts rely on the same names, shapes and initial values as nn.Conv.
+  from cnn_jax.models.layers import Conv  # pylint: disable=g-import-not-at-top
+  x = images((9, 9, 2))
+  for padding, stride in (('SAME', 1), ('VALID', 2)):
+    ours, flax_conv = Conv(5, 3, stride, padding), nn.Conv(5, (3, 3), (stride, stride), padding)
+    variables = ours.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+        jnp.shape, flax_conv.init(jax.random.key(1), x))
+    variables = jax.tree.map(lambda v: v + 0.5, variables)  # a non-zero bias too
+    np.testing.assert_allclose(ours.apply(variables, x), flax_conv.apply(variables, x),
+                               rtol=1e-6, atol=1e-6)

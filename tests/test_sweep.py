@@ -146,3 +146,29 @@ def test_two_workers_share_a_postgresql_study(tmp_path):
     assert not (tmp_path / 'study.journal').exists()  # The study lived in the database.
   finally:
     server.__exit__(None, None, None)
+
+
+def test_a_population_sweep_trains_its_trials_together_like_a_plain_sweep(tmp_path):
+  grid = ('--sweep', 'optimizer.learning_rate=[1e-3,3e-3,1e-2]')
+  out = _sweep(tmp_path / 'together', *grid, '--population', '3', steps=44)
+  _sweep(tmp_path / 'alone', *grid, steps=44)
+  together, alone = _table(tmp_path / 'together'), _table(tmp_path / 'alone')
+  assert out.count('\ntrial ') + out.startswith('trial ') == 3
+  assert os.listdir(tmp_path / 'together' / 'populations') == ['0000']  # one program for all 3
+  by_rate = lambda rows: {r['optimizer.learning_rate']: r for r in rows}
+  for rate, row in by_rate(together).items():
+    assert row['status'] == 'complete' and row['steps'] == '44'
+    # The same model with the same seed and batches, trained inside the population.
+    assert abs(float(row['best_eval_accuracy'])
+               - float(by_rate(alone)[rate]['best_eval_accuracy'])) <= 1 / 360 + 1e-9
+  workdir = together[0]['workdir']
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints'))  # An ordinary trial directory.
+
+
+def test_a_population_sweep_refuses_keys_members_cannot_vary(tmp_path):
+  from cnn_jax import population, sweep  # pylint: disable=g-import-not-at-top
+  assert sweep.POPULATION_KEYS == tuple(population.VARIED.values())
+  result = subprocess.run(_sweep_command(tmp_path, *GRID, '--population', '4'), cwd=REPO,
+                          capture_output=True, text=True, timeout=600, check=False)
+  assert result.returncode == 2
+  assert 'this sweep also varies model.features, model.kernel_size' in result.stderr

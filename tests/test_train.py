@@ -11,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cnn_jax import data, models, optim, steps, train
+from cnn_jax.errors import UserError
 from cnn_jax.metric_writers import read_metrics
 from conftest import load_config
 
@@ -148,3 +149,29 @@ def test_dataset_on_the_device_trains_exactly_like_batches_from_the_host(tmp_pat
     records[on_device] = [{k: v for k, v in r.items() if k != 'time'}
                           for r in read_metrics(str(tmp_path / str(on_device)))]
   assert records[True] == records[False]  # Same indices, same normalised pixels: bit for bit.
+
+
+def test_several_steps_per_dispatch_train_like_one_step_per_call(tmp_path):
+  # lax.scan over on-device batches: the same batches, the same updates, logs at the same steps.
+  records = {}
+  for per_dispatch in (1, 7):
+    config = _short_digits_config()
+    config.data.on_device = True
+    config.steps_per_dispatch = per_dispatch
+    config.log_every_steps = 4  # Dispatches must stop at every log, eval and end.
+    workdir = str(tmp_path / str(per_dispatch))
+    records[per_dispatch] = (train.train_and_evaluate(config, workdir),
+                             [r for r in read_metrics(workdir)])
+  (final_1, log_1), (final_7, log_7) = records[1], records[7]
+  assert [(r['step'], r['split']) for r in log_7] == [(r['step'], r['split']) for r in log_1]
+  for a, b in zip(log_1, log_7):
+    np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-5)
+    assert a['accuracy'] == pytest.approx(b['accuracy'], abs=1e-6)
+  assert final_7['accuracy'] == pytest.approx(final_1['accuracy'], abs=1 / 360 + 1e-9)
+
+
+def test_steps_per_dispatch_needs_the_data_on_the_device(tmp_path):
+  config = _short_digits_config()
+  config.steps_per_dispatch = 8
+  with pytest.raises(UserError, match='data.on_device=True'):
+    train.train_and_evaluate(config, str(tmp_path))

@@ -1,4 +1,4 @@
-"""Building blocks shared by the models: pooling, activations and kernel initialisers.
+"""Building blocks shared by the models: convolution, pooling, activations and kernel initialisers.
 
 Activations and initialisers are looked up by the names a config uses; an unknown name is a
 `UserError` that lists the allowed ones. Pooling is a module (not a bare function) so that it shows
@@ -40,6 +40,9 @@ INITIALIZERS: dict[str, nn.initializers.Initializer] = {
   'lecun_normal': nn.initializers.lecun_normal(),
   'lecun_uniform': nn.initializers.lecun_uniform(),
 }
+
+# Activations that never decrease: max(f(a), f(b)) = f(max(a, b)), so max pooling may come first.
+MONOTONE_ACTIVATIONS = ('relu', 'tanh', 'sigmoid', 'elu', 'leaky_relu')
 
 POOL_KINDS = ('max', 'avg', 'l2', 'none')
 
@@ -141,3 +144,75 @@ class Pool(nn.Module):
     # 'l2': sum of squares over each window; padding contributes zeros.
     sq = nn.pool(jnp.square(x), jnp.zeros((), x.dtype), jax.lax.add, window, strides, self.padding)
     return jnp.sqrt(sq + L2_POOL_EPS)
+
+
+class Conv(nn.Module):
+  """A 2-D convolution over [B, H, W, C] with the parameters of `nn.Conv` ('kernel' [k, k, C, F],
+  'bias' [F]), whose bias can be left for the caller to add later with `add_bias`.
+
+  Why: in conv ─► activation ─► max pool, adding the per-channel bias and applying a monotone
+  activation after the pooling gives the same numbers (max(z + b) = max(z) + b exactly, even in
+  floating point, since rounding is monotone) on a tensor the pool made 4× smaller. On a 2-core CPU
+  the bias add and its gradient over the full-size conv output were about a fifth of the
+  single-conv cats-vs-dogs network's train step.
+
+  Attributes:
+    features: output channels F.
+    kernel_size: square kernel side k.
+    strides: stride in both directions.
+    padding: 'SAME' or 'VALID'.
+    use_bias: whether there is a bias.
+    dtype: computation dtype (inputs, kernel and bias are cast to it, as `nn.Conv` does).
+    param_dtype: parameter dtype.
+    kernel_init: kernel initialiser.
+  """
+
+  features: int
+  kernel_size: int
+  strides: int = 1
+  padding: str = 'SAME'
+  use_bias: bool = True
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, add_bias: bool = True) -> jax.Array:
+    """Maps [B, H, W, C] to [B, H', W', F]; with add_bias=False the bias is left out."""
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = (self.param('bias', nn.initializers.zeros_init(), (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    y = jax.lax.conv_general_dilated(x, kernel, (self.strides, self.strides), self.padding,
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return self.add_bias(y) if add_bias else y
+
+  def add_bias(self, y: jax.Array) -> jax.Array:
+    """Adds this layer's bias (if it has one) to `y` [..., F], of any spatial size."""
+    if not self.use_bias:
+      return y
+    return y + jnp.asarray(self.get_variable('params', 'bias'), self.dtype)
+
+
+class Dropout(nn.Module):
+  """`nn.Dropout` (the same random mask for the same key) whose rate may be a traced array.
+
+  A population (`cnn_jax.population`) trains models with different dropout rates in one program,
+  so the rate arrives as an array inside `vmap`; a member whose rate is 0 keeps every unit.
+
+  Attributes:
+    rate: probability of zeroing a unit, a float in [0, 1) or a scalar array.
+  """
+
+  rate: float | jax.Array
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    """Zeroes each unit with probability `rate` and scales the rest by 1 / (1 - rate)."""
+    if deterministic or (isinstance(self.rate, (int, float)) and self.rate == 0):
+      return x
+    keep_prob = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng('dropout'), p=keep_prob, shape=x.shape)
+    return jax.lax.select(mask, x / keep_prob, jnp.zeros_like(x))

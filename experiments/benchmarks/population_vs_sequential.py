@@ -1,0 +1,110 @@
+"""A population of N models in one program against the same N models trained one after another.
+
+    python experiments/benchmarks/population_vs_sequential.py [--config configs/digits.py] \\
+        [--size 8] [--steps 200] [--repeats 3]
+
+Two measurements, in one process so that both sides share the machine's state:
+
+1. Step throughput: model-images/s of one jitted population step (N members, vmapped) against
+   N × a single model's jitted step, on the same random batches, warm-up excluded.
+2. End to end: `train_and_evaluate` of the config N times (seeds 0..N−1, one batch order) against
+   one `train_and_evaluate` with population.size = N: everything a user waits for (data, compile,
+   evaluation, checkpoints), but not Python's start-up, which separate commands would add to
+   the sequential side.
+
+Each line prints the ratio (population / sequential throughput; > 1 means the population wins).
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', 'tests'))
+from conftest import load_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from cnn_jax import cpu_kernels, data, population, train  # pylint: disable=wrong-import-position
+
+
+def _steps_per_s(step, state, batches, num_steps: int) -> float:
+  for i in range(3):  # Warm-up, compilation included.
+    state, _ = step(state, batches[i % len(batches)])
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for i in range(num_steps):
+    state, _ = step(state, batches[i % len(batches)])
+  jax.block_until_ready(state)
+  return num_steps / (time.perf_counter() - start)
+
+
+def step_throughput(config, size: int, num_steps: int) -> tuple[float, float]:
+  """Returns (population, sequential) model-images/s of the train step alone."""
+  info = data.describe_dataset(train.data_spec(config))
+  model = train.build_model(config, info.num_classes)
+  config.population.size = size
+  members = population.member_configs(config)
+  values = {k: jnp.asarray(v) for k, v in population.varied_values(config, members).items()}
+  pop = population.Population(config, model, num_steps)
+  options = cpu_kernels.compiler_options(config.cpu_kernels)
+  rng = np.random.default_rng(0)
+  batches = [{'image': jnp.asarray(rng.normal(size=(config.batch_size, *info.image_shape)),
+                                   jnp.float32),
+              'label': jnp.asarray(rng.integers(0, info.num_classes, config.batch_size),
+                                   jnp.int32)} for _ in range(4)]
+  seeds = jnp.arange(size)
+  states = jax.jit(jax.vmap(lambda s, v: pop.init(s, v, info.image_shape)))(seeds, values)
+  vmapped = jax.jit(jax.vmap(pop.train_step, in_axes=(0, 0, None)), donate_argnums=0,
+                    compiler_options=options)
+  single_state = jax.jit(lambda: pop.init(0, {}, info.image_shape))()
+  single = jax.jit(lambda s, b: pop.train_step(s, {}, b), donate_argnums=0,
+                   compiler_options=options)
+  images = size * config.batch_size
+  sequential = _steps_per_s(single, single_state, batches, num_steps) * config.batch_size
+  together = _steps_per_s(lambda s, b: vmapped(s, values, b), states, batches, num_steps) * images
+  return together, sequential
+
+
+def end_to_end(config_name: str, size: int) -> tuple[float, float]:
+  """Returns (population, sequential) wall seconds to train `size` models of the config."""
+  start = time.perf_counter()
+  for seed in range(size):
+    config = load_config(config_name)
+    config.progress_bar, config.seed, config.shuffle_seed = False, seed, 0
+    train.train_and_evaluate(config, tempfile.mkdtemp())
+  sequential = time.perf_counter() - start
+  config = load_config(config_name)
+  config.progress_bar, config.population.size = False, size
+  start = time.perf_counter()
+  train.train_and_evaluate(config, tempfile.mkdtemp())
+  return time.perf_counter() - start, sequential
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--config', default='digits', help='A name under configs/.')
+  parser.add_argument('--size', type=int, default=8)
+  parser.add_argument('--steps', type=int, default=200)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--skip_end_to_end', action='store_true')
+  args = parser.parse_args()
+  name = os.path.splitext(os.path.basename(args.config))[0]
+  print(f'{name}: population of {args.size} against {args.size} sequential models on '
+        f'{jax.device_count()} × {jax.devices()[0].platform.upper()}', flush=True)
+  for _ in range(args.repeats):
+    together, sequential = step_throughput(load_config(name), args.size, args.steps)
+    print(f'  step throughput: population {together:10,.0f} model-images/s, sequential '
+          f'{sequential:10,.0f}; ratio {together / sequential:.2f}', flush=True)
+  if not args.skip_end_to_end:
+    for _ in range(args.repeats):
+      together, sequential = end_to_end(name, args.size)
+      print(f'  end to end: population {together:6.1f} s, sequential {sequential:6.1f} s; '
+            f'ratio {sequential / together:.2f}', flush=True)
+
+
+if __name__ == '__main__':
+  main()

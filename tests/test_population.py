@@ -1,0 +1,102 @@
+"""Population training: N models in one vmapped program, each member an ordinary, usable run."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import load_config
+
+from cnn_jax import inference, population, train
+from cnn_jax.errors import UserError
+from cnn_jax.metric_writers import read_metrics
+from cnn_jax.workdir import load_config as load_saved_config
+
+
+def small_population(**population_fields):
+  config = load_config('digits')
+  config.num_steps = 30
+  config.eval_every_steps = 15
+  config.log_every_steps = 10
+  config.progress_bar = False
+  config.population.size = 4
+  for key, value in population_fields.items():
+    config.population[key] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def trained_population(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('population'))
+  config = small_population(learning_rates=(1e-3, 3e-3, 1e-3, 2e-3),
+                            weight_decays=(0.0, 0.0, 1e-4, 0.0),
+                            label_smoothings=(0.0, 0.1, 0.0, 0.0),
+                            dense_dropouts=(0.0, 0.0, 0.0, 0.3))
+  config.model.dense = (32,)
+  best = train.train_and_evaluate(config, workdir)
+  return config, workdir, best
+
+
+def test_each_member_equals_the_same_model_trained_alone(trained_population, tmp_path):
+  _, workdir, _ = trained_population
+  summary = json.load(open(os.path.join(workdir, population.SUMMARY_FILE)))['members']
+  for index in (1, 2, 3):  # label smoothing; weight decay; dropout (and each its own seed)
+    member = population.member_dir(workdir, index)
+    alone = train.train_and_evaluate(load_saved_config(member), str(tmp_path / f'alone{index}'))
+    assert abs(alone['accuracy'] - summary[index]['accuracy']) <= 1 / 360 + 1e-9
+    np.testing.assert_allclose(alone['loss'], summary[index]['loss'], rtol=2e-3)
+    # The whole curve, not just the end: every logged train loss agrees too.
+    ours = [r['loss'] for r in read_metrics(member) if r['split'] == 'train']
+    theirs = [r['loss'] for r in read_metrics(str(tmp_path / f'alone{index}'))
+              if r['split'] == 'train']
+    np.testing.assert_allclose(ours, theirs, rtol=2e-3)
+
+
+def test_members_differ_and_the_best_is_reported(trained_population):
+  _, workdir, best = trained_population
+  summary = json.load(open(os.path.join(workdir, population.SUMMARY_FILE)))['members']
+  assert [m['seed'] for m in summary] == [0, 1, 2, 3]
+  assert [m['optimizer.learning_rate'] for m in summary] == pytest.approx([1e-3, 3e-3, 1e-3, 2e-3])
+  assert len({round(m['loss'], 6) for m in summary}) == 4
+  assert best['accuracy'] == max(m['accuracy'] for m in summary) > 0.5
+  assert summary[best['member']]['accuracy'] == best['accuracy']
+
+
+def test_a_member_is_evaluated_and_predicted_like_any_run(trained_population):
+  _, workdir, _ = trained_population
+  member = population.member_dir(workdir, 2)
+  trained = inference.load_trained(member)
+  summary = json.load(open(os.path.join(workdir, population.SUMMARY_FILE)))['members']
+  from cnn_jax import data  # pylint: disable=g-import-not-at-top
+  spec = train.data_spec(trained.config)
+  test = data.load_split(spec, trained.config.data.eval_split)
+  logits = inference.batched_logits(trained, data.eval_batches(test, trained.normalizer, 128))
+  accuracy = np.mean(logits.argmax(-1) == test.labels)
+  assert accuracy == pytest.approx(summary[2]['accuracy'], abs=1e-6)
+
+
+def test_resuming_a_population_continues_exactly(tmp_path):
+  config = small_population(learning_rates=(1e-3, 3e-3, 1e-3, 2e-3))
+  whole = train.train_and_evaluate(config, str(tmp_path / 'whole'))
+  config.num_steps = 15  # Stop at step 15, then run the 30-step command again in the same dir.
+  train.train_and_evaluate(config, str(tmp_path / 'split'))
+  config.num_steps = 30
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'split'))
+  assert resumed == whole
+  evals = lambda run, i: [{k: v for k, v in r.items() if k != 'time'}  # every eval, to the bit
+                          for r in read_metrics(population.member_dir(str(tmp_path / run), i))
+                          if r['split'] == 'eval']
+  for index in range(4):
+    assert evals('split', index) == evals('whole', index)
+    assert [r['step'] for r in evals('whole', index)] == [15, 30]
+
+
+@pytest.mark.parametrize('fields, message', [
+    (dict(learning_rates=(1e-3, 2e-3)), 'learning_rates has 2 values but population.size is 4'),
+    (dict(learning_rates=(1e-3, -1.0, 1e-3, 1e-3)), 'member 1'),
+    (dict(dense_dropouts=(0.1, 0.2, 1.5, 0.0)), 'member 2'),
+])
+def test_bad_population_values_are_refused_before_training(tmp_path, fields, message):
+  with pytest.raises(UserError, match=message):
+    train.train_and_evaluate(small_population(**fields), str(tmp_path))
+  assert not os.path.exists(population.member_dir(str(tmp_path), 0))
