@@ -248,8 +248,7 @@ def train_population(config: ml_collections.ConfigDict, workdir: str,
     options = cpu_kernels.compiler_options(config.cpu_kernels)
     train_step = jax.jit(jax.vmap(population.train_step, in_axes=(0, 0, None)),
                          donate_argnums=0, compiler_options=options)
-    eval_step = jax.jit(jax.vmap(steps.eval_step_fn(model), in_axes=(0, None)),
-                        compiler_options=options)
+    eval_step = jax.jit(jax.vmap(steps.eval_step_fn(model), in_axes=(0, None)))
 
     start_step = int(jax.device_get(states.step[0]))
     writers = [MetricWriter(w, resume_step=start_step, elapsed=p.get('elapsed', 0.0),

@@ -155,7 +155,6 @@ def eval_step_fn(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
   return eval_step
 
 
-def make_eval_step(model: nn.Module, compiler_options: dict[str, str] | None = None
-                   ) -> Callable[[TrainState, Batch], Metrics]:
-  """Returns `eval_step_fn(model)` jitted."""
-  return jax.jit(eval_step_fn(model), compiler_options=compiler_options)
+def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
+  """Returns `eval_step_fn(model)` jitted, with XLA's own CPU kernels (see `cnn_jax.cpu_kernels`)."""
+  return jax.jit(eval_step_fn(model))

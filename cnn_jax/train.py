@@ -227,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       scan_step = steps.make_scan_train_step(step_fn, options)
     per_dispatch = steps_per_dispatch(config, per_epoch)
     stops = (config.log_every_steps, eval_every, ckpt.every_steps)
-    eval_step = steps.make_eval_step(model, options)
+    eval_step = steps.make_eval_step(model)
 
     # ---- loop --------------------------------------------------------------------------------------
     start_step = int(jax.device_get(state.step))

@@ -139,6 +139,18 @@ def test_fast_max_pool_equals_nn_max_pool(size, window):
   np.testing.assert_array_equal(fast, reference)
 
 
+@pytest.mark.parametrize('size, window', [((8, 8), 2), ((7, 9), 2), ((9, 9), 3)])
+def test_fast_max_pool_gradient_equals_nn_max_pool_even_with_ties(size, window):
+  # Each window's gradient goes to its first maximum, as XLA's select-and-scatter and PyTorch do;
+  # the rounded inputs below make many ties, and the odd sizes leave rows outside every window.
+  x = jnp.round(images((*size, 2), batch=3) * 2) / 2
+  weights = images((size[0] // window, size[1] // window, 2), batch=3, seed=1)
+  loss = lambda pool: lambda x: jnp.sum(pool(x) * weights)
+  fast = jax.grad(loss(lambda x: Pool('max', window, window).apply({}, x)))(x)
+  reference = jax.grad(loss(lambda x: nn.max_pool(x, (window, window), (window, window))))(x)
+  np.testing.assert_array_equal(fast, reference)
+
+
 @pytest.mark.parametrize('kind', ['max', 'avg', 'l2'])
 def test_fast_path_matches_general_path(kind):
   # Explicit zero padding means the same as 'VALID' but takes the reduce_window path.

@@ -6,6 +6,7 @@ up in `capture_intermediates` and in `cnn_jax.summary`.
 """
 
 import difflib
+import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -93,21 +94,69 @@ def get_initializer(name: str) -> nn.initializers.Initializer:
   return INITIALIZERS[choose('initializer', name, tuple(INITIALIZERS))]
 
 
-def _pool_by_reshape(x: jax.Array, kind: str, w: int) -> jax.Array:
-  """Non-overlapping VALID pooling (window == stride == w) by crop + reshape + reduce.
+def _window_slices(x: jax.Array, w: int) -> list[jax.Array]:
+  """The w² strided views [B, H//w, W//w, C] of `x`, one per position in a w × w window, in
+  row-major window order; rows and columns that do not fill a window are dropped (VALID)."""
+  ho, wo = x.shape[1] // w, x.shape[2] // w
+  return [x[:, i:ho * w:w, j:wo * w:w] for i in range(w) for j in range(w)]
 
-  XLA:CPU lowers `reduce_window` (what `nn.max_pool` uses) to a slow loop, and its gradient to a
-  slower select-and-scatter; a reshape + reduce is ~5x faster for forward + backward and gives
-  exactly the same numbers, because VALID pooling drops the rows/columns that do not fill a window.
-  """
+
+def _crop_to_windows(x: jax.Array, w: int) -> jax.Array:
+  """[B, H, W, C] → [B, H//w, w, W//w, w, C]: VALID pooling drops what does not fill a window."""
   b, h, wd, c = x.shape
   ho, wo = h // w, wd // w
-  x = x[:, : ho * w, : wo * w].reshape(b, ho, w, wo, w, c)  # [B, Ho, w, Wo, w, C]
+  return x[:, :ho * w, :wo * w].reshape(b, ho, w, wo, w, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool_valid(x: jax.Array, w: int) -> jax.Array:
+  """Non-overlapping VALID max pooling (window == stride == w), with a hand-written gradient.
+
+  XLA:CPU lowers `reduce_window` (what `nn.max_pool` uses) to a slow loop and its gradient to a
+  slower select-and-scatter; the gradient JAX derives for reshape + max (which ties windows'
+  maxima by counting them) takes several passes. Here the forward pass is reshape + max and the
+  gradient one pass over the window's strided slices: the Keras MNIST convnet's train step went
+  from about 7,000 to 10,000 images/s on a 2-core CPU.
+  """
+  return _crop_to_windows(x, w).max(axis=(2, 4))
+
+
+def _max_pool_forward(x, w):
+  y = _max_pool_valid(x, w)
+  return y, (x, y)
+
+
+def _max_pool_backward(w, residuals, g):
+  """Routes each window's gradient to its first maximal element in row-major order, as
+  PyTorch's MaxPool2d and XLA's select-and-scatter do."""
+  x, y = residuals
+  b, h, wd, c = x.shape
+  ho, wo = y.shape[1:3]
+  taken = jnp.zeros(y.shape, bool)
+  grads = []
+  for part in _window_slices(x, w):
+    hit = (part == y) & ~taken
+    taken = taken | hit
+    grads.append(jnp.where(hit, g, jnp.zeros_like(g)))
+  dx = jnp.stack(grads, axis=3).reshape(b, ho, wo, w, w, c)  # [B, Ho, Wo, i, j, C]
+  dx = dx.transpose(0, 1, 3, 2, 4, 5).reshape(b, ho * w, wo * w, c)
+  return (jnp.pad(dx, ((0, 0), (0, h - ho * w), (0, wd - wo * w), (0, 0))),)
+
+
+_max_pool_valid.defvjp(_max_pool_forward, _max_pool_backward)
+
+
+def _pool_valid(x: jax.Array, kind: str, w: int) -> jax.Array:
+  """Non-overlapping VALID pooling (window == stride == w) by crop + reshape + reduce.
+
+  Gives exactly the values of `nn.max_pool` / `nn.avg_pool` at a fraction of their cost on CPU.
+  """
   if kind == 'max':
-    return x.max(axis=(2, 4))
+    return _max_pool_valid(x, w)
+  windows = _crop_to_windows(x, w)
   if kind == 'avg':
-    return x.mean(axis=(2, 4))
-  return jnp.sqrt(jnp.sum(jnp.square(x), axis=(2, 4)) + L2_POOL_EPS)  # 'l2'
+    return windows.mean(axis=(2, 4))
+  return jnp.sqrt(jnp.sum(jnp.square(windows), axis=(2, 4)) + L2_POOL_EPS)  # 'l2'
 
 
 class Pool(nn.Module):
@@ -135,7 +184,7 @@ class Pool(nn.Module):
       return x
     w, s = self.window, self.stride
     if w == s and self.padding == 'VALID':
-      return _pool_by_reshape(x, self.kind, w)
+      return _pool_valid(x, self.kind, w)
     window, strides = (w, w), (s, s)
     if self.kind == 'max':
       return nn.max_pool(x, window, strides, self.padding)
