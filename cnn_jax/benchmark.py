@@ -1,10 +1,15 @@
 """Measure a config's speed: compile seconds, steady-state train and eval images/s.
 
     python -m cnn_jax.benchmark --config configs/mnist.py [--steps 50] [--data real|synthetic]
+        [--against torch] [--target_accuracy 0.97 [--max_epochs 20]]
 
 Warm-up steps (which include compilation) are excluded from the throughput figures. By default
 the batches are random images of the config's shape, so any config can be measured offline; with
 `--data real` they come from the dataset, and host-side batch assembly is timed on its own too.
+
+`--against torch` also times a plain PyTorch version of the model on the same batches (see
+`cnn_jax.torch_reference`) and prints cnn_jax / PyTorch ratios. `--target_accuracy` trains on the
+config's real dataset until the eval accuracy reaches it (see `cnn_jax.time_to_accuracy`).
 """
 
 import json
@@ -16,7 +21,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from cnn_jax import cli
+from cnn_jax import cli, cpu_kernels
 from cnn_jax.augment import Augmentation
 
 
@@ -29,6 +34,12 @@ def define_flags() -> None:
                        lower_bound=1)
   flags.DEFINE_enum('data', 'synthetic', ['synthetic', 'real'],
                     'Random batches of the right shape, or batches from the dataset.')
+  flags.DEFINE_enum('against', 'none', ['torch', 'none'],
+                    'Also measure a plain PyTorch version of the model (ConvNet family only).')
+  flags.DEFINE_float('target_accuracy', 0.0, 'If > 0, also time training on the real dataset '
+                     'until the eval accuracy reaches this.', lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_integer('max_epochs', 20, 'Give up on --target_accuracy after this many epochs.',
+                       lower_bound=1)
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
   flags.mark_flag_as_required('config')
 
@@ -39,21 +50,15 @@ def _timed(fn, *args) -> tuple[float, object]:
   return time.perf_counter() - start, out
 
 
-def measure(config, num_steps: int, warmup: int, real_data: bool) -> dict[str, float]:
-  """Returns compile seconds and images/s of the train and eval steps for `config`."""
-  from cnn_jax import data, models, optim, steps, train  # pylint: disable=g-import-not-at-top
+def host_batches(config, num_steps: int, real_data: bool
+                 ) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
+  """Returns the host batches to time and, for real data, the input pipeline's images/s."""
+  from cnn_jax import data, train  # pylint: disable=g-import-not-at-top
   from cnn_jax.config_validation import validate_config  # pylint: disable=g-import-not-at-top
-  validate_config(config)
+  validate_config(config)  # Before any data is loaded.
   spec = train.data_spec(config)
   info = data.describe_dataset(spec)
-  model = train.build_model(config, info.num_classes)
-  models.check_fits(model, info.image_shape)
-  opt = config.optimizer
-  tx = optim.create_optimizer(opt.name, optim.create_schedule(opt.schedule, opt.learning_rate,
-                                                               num_steps + warmup),
-                              opt.momentum, opt.nesterov, opt.weight_decay, opt.grad_clip_norm)
-  state = steps.create_train_state(model, tx, jax.random.key(config.seed), info.image_shape)
-  size, eval_size = config.batch_size, config.eval_batch_size
+  size = config.batch_size
   results = {}
   if real_data:
     start = time.perf_counter()  # Input alone: decoding (or reading the cache) of the train split.
@@ -62,22 +67,47 @@ def measure(config, num_steps: int, warmup: int, real_data: bool) -> dict[str, f
     dataset = data.load_dataset(spec, config.data.train_split, config.data.eval_split)
     make = lambda i: data.train_batch(dataset.train, dataset.normalizer, size, config.seed, i)
     start = time.perf_counter()
-    host_batches = [make(i) for i in range(num_steps)]
+    batches = [make(i) for i in range(num_steps)]
     results['host_batches_images_per_s'] = num_steps * size / (time.perf_counter() - start)
   else:
     rng = np.random.default_rng(config.seed)
-    host_batches = [{'image': rng.normal(size=(size, *info.image_shape)).astype(np.float32),
-                     'label': rng.integers(0, info.num_classes, size).astype(np.int32)}
-                    for _ in range(min(num_steps, 8))]
-  batches = [jax.device_put(b) for b in host_batches]
+    batches = [{'image': rng.normal(size=(size, *info.image_shape)).astype(np.float32),
+                'label': rng.integers(0, info.num_classes, size).astype(np.int32)}
+               for _ in range(min(num_steps, 8))]
+  return batches, results
 
+
+def measure(config, num_steps: int, warmup: int, real_data: bool,
+            inputs: tuple[list, dict] | None = None) -> dict[str, float]:
+  """Returns compile seconds and images/s of the train and eval steps for `config`.
+
+  `inputs`: `host_batches(config, num_steps, real_data)`, when another measurement shares them.
+  """
+  from cnn_jax import data, models, optim, steps, train  # pylint: disable=g-import-not-at-top
+  from cnn_jax.config_validation import validate_config  # pylint: disable=g-import-not-at-top
+  validate_config(config)
+  info = data.describe_dataset(train.data_spec(config))
+  model = train.build_model(config, info.num_classes)
+  models.check_fits(model, info.image_shape)
+  opt = config.optimizer
+  tx = optim.create_optimizer(opt.name, optim.create_schedule(opt.schedule, opt.learning_rate,
+                                                               num_steps + warmup),
+                              opt.momentum, opt.nesterov, opt.weight_decay, opt.grad_clip_norm)
+  state = steps.create_train_state(model, tx, jax.random.key(config.seed), info.image_shape)
+  size, eval_size = config.batch_size, config.eval_batch_size
+  host, input_results = inputs or host_batches(config, num_steps, real_data)
+  results = dict(input_results)
+  batches = [jax.device_put(b) for b in host]
+
+  options = cpu_kernels.compiler_options(config.cpu_kernels)
   train_step = steps.make_train_step(model, tx, config.label_smoothing,
-                                     Augmentation(**config.augment))
+                                     Augmentation(**config.augment), options)
   start = time.perf_counter()
   train_step = train_step.lower(state, batches[0]).compile()
   results['train_compile_s'] = time.perf_counter() - start
   for i in range(warmup):
     state, _ = train_step(state, batches[i % len(batches)])
+  jax.block_until_ready(state)  # Dispatch is asynchronous: keep warm-up out of the timed steps.
   elapsed, (state, _) = _timed(_run, train_step, state, batches, num_steps)
   results['train_images_per_s'] = num_steps * size / elapsed
 
@@ -100,22 +130,89 @@ def _run(train_step, state, batches, num_steps):
   return state, metrics
 
 
-def main(argv: list[str]) -> None:
-  del argv
-  args = flags.FLAGS
-  config = cli.load_config()
-  results = measure(config, args.steps, args.warmup, args.data == 'real')
-  if args.json:
-    print(json.dumps({k: round(v, 3) for k, v in results.items()}))
-    return
-  device = jax.devices()[0]
-  print(f'{config.model.name} on {config.data.name}, batch {config.batch_size}, {args.data} data, '
-        f'{jax.device_count()} × {device.platform.upper()}; {args.steps} timed steps')
+def compare_with_torch(config, num_steps: int, warmup: int, inputs: tuple[list, dict],
+                       results: dict[str, float]) -> dict[str, float]:
+  """Returns the PyTorch reference's figures on the same host batches (keys prefixed 'torch_')
+  and the ratios 'train_ratio' and 'eval_ratio' of cnn_jax's images/s to PyTorch's."""
+  from cnn_jax import torch_reference  # pylint: disable=g-import-not-at-top
+  measured = torch_reference.measure_torch(config, num_steps, warmup, inputs[0])
+  return {**{f'torch_{k}': v for k, v in measured.items()},
+          **{f'{k}_ratio': results[f'{k}_images_per_s'] / measured[f'{k}_images_per_s']
+             for k in ('train', 'eval')}}
+
+
+def time_to_target(config, target: float, max_epochs: int, against_torch: bool) -> dict:
+  """Returns seconds, epochs and accuracy to reach `target` for cnn_jax (and for PyTorch, with
+  keys prefixed 'torch_') on the config's real dataset, loaded once for both."""
+  # pylint: disable=g-import-not-at-top
+  from cnn_jax import data, time_to_accuracy, torch_reference, train
+  dataset = data.load_dataset(train.data_spec(config), config.data.train_split,
+                              config.data.eval_split)
+  runs = {'': time_to_accuracy.time_to_accuracy(config, dataset, target, max_epochs)}
+  if against_torch:
+    runs['torch_'] = torch_reference.time_to_accuracy_torch(config, dataset, target, max_epochs)
+  rename = {'seconds': 's'}
+  return {'target_accuracy': target, **{f'{prefix}time_to_target_{rename.get(k, k)}': v
+                                        for prefix, run in runs.items() for k, v in run.items()}}
+
+
+def _print_rows(results: dict[str, float]) -> None:
   for key, value in results.items():
     if key.endswith('_images_per_s'):
       print(f'  {key.removesuffix("_images_per_s").replace("_", " "):<20}{value:>10,.0f} images/s')
     else:
       print(f'  {key.removesuffix("_s").replace("_", " "):<20}{value:>10.2f} s')
+
+
+def _print_time_to_target(results: dict, eval_split: str, max_epochs: int) -> None:
+  print(f'Time to {results["target_accuracy"]:.1%} {eval_split} accuracy, evaluated every epoch '
+        f'(at most {max_epochs}); the clock includes compilation, batches and evaluation:')
+  for name, prefix in (('cnn_jax', ''), ('PyTorch', 'torch_')):
+    if f'{prefix}time_to_target_epochs' not in results:
+      continue
+    seconds, epochs, accuracy = (results[f'{prefix}time_to_target_{k}']
+                                 for k in ('s', 'epochs', 'accuracy'))
+    compile_s = results.get(f'{prefix}time_to_target_compile_s')
+    if seconds is None:
+      print(f'  {name:<10}not reached in {epochs} epochs (last accuracy {accuracy:.2%})')
+    else:
+      print(f'  {name:<10}{seconds:>7.1f} s after {epochs} epoch(s), accuracy {accuracy:.2%}'
+            + (f' ({compile_s:.1f} s of it compiling)' if compile_s is not None else ''))
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  args = flags.FLAGS
+  from cnn_jax import torch_reference  # pylint: disable=g-import-not-at-top
+  config = cli.load_config()
+  against_torch = args.against == 'torch'
+  if against_torch:  # Fail now, not after the cnn_jax measurement: no torch, or not a ConvNet.
+    torch_reference.check_config(config)
+  inputs = host_batches(config, args.steps, args.data == 'real')
+  results = measure(config, args.steps, args.warmup, args.data == 'real', inputs)
+  compared = (compare_with_torch(config, args.steps, args.warmup, inputs, results)
+              if against_torch else {})
+  reached = (time_to_target(config, args.target_accuracy, args.max_epochs, against_torch)
+             if args.target_accuracy > 0 else {})
+  if args.json:
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                      for k, v in {**results, **compared, **reached}.items()}))
+    return
+  device = jax.devices()[0]
+  print(f'{config.model.name} on {config.data.name}, batch {config.batch_size}, {args.data} data, '
+        f'{jax.device_count()} × {device.platform.upper()}; {args.steps} timed steps')
+  _print_rows(results)
+  if compared:
+    torch = torch_reference.import_torch()
+    print(f'PyTorch {torch.__version__} reference (eager, float32, NCHW, '
+          f'{torch.get_num_threads()} threads)')
+    _print_rows({k.removeprefix('torch_'): v for k, v in compared.items()
+                 if k.startswith('torch_')})
+    print(f'cnn_jax / PyTorch images/s: train {compared["train_ratio"]:.2f}×, '
+          f'eval {compared["eval_ratio"]:.2f}×')
+  if reached:
+    _print_time_to_target(reached, config.data.eval_split, args.max_epochs)
+
 
 if __name__ == '__main__':
   define_flags()
