@@ -16,6 +16,8 @@ Each line prints the ratio (population / sequential throughput; > 1 means the po
 """
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -71,6 +73,11 @@ def step_throughput(config, size: int, num_steps: int) -> tuple[float, float]:
 
 def end_to_end(config_name: str, size: int) -> tuple[float, float]:
   """Returns (population, sequential) wall seconds to train `size` models of the config."""
+  with contextlib.redirect_stdout(io.StringIO()):  # The runs' own logs would drown the figures.
+    return _end_to_end(config_name, size)
+
+
+def _end_to_end(config_name: str, size: int) -> tuple[float, float]:
   start = time.perf_counter()
   for seed in range(size):
     config = load_config(config_name)
