@@ -8,7 +8,7 @@
 member sees the same batches (the order of `shuffle_seed`, else `seed`) and has its own seed,
 learning rate, weight decay, label smoothing and dropout rates, which enter the compiled step as
 arrays. One dispatch then trains all N, which on a CPU amortises the per-step overhead and on an
-accelerator fills the device.
+accelerator fills the device. Batches come from the host (`data.on_device` is for single runs).
 
 Each member is written as an ordinary run in WORKDIR/member_XX: its own config.json (the values
 it trained with, so training it alone reproduces it), dataset.json, metrics.jsonl, TensorBoard
@@ -54,6 +54,13 @@ def member_dir(workdir: str, index: int) -> str:
   return os.path.join(workdir, f'member_{index:02d}')
 
 
+def _get(config: ml_collections.ConfigDict, dotted_key: str):
+  node = config
+  for part in dotted_key.split('.'):
+    node = node[part]
+  return node
+
+
 def _set(config: ml_collections.ConfigDict, dotted_key: str, value) -> None:
   *parents, leaf = dotted_key.split('.')
   node = config
@@ -80,6 +87,9 @@ def member_configs(config: ml_collections.ConfigDict) -> list[ml_collections.Con
     key = VARIED[field].split('.')[1]
     if pop[field] and key not in model_fields:
       problems.append(f'config.population.{field}: model {config.model.name!r} has no {key}')
+  if config.data.on_device:
+    problems.append('config.data.on_device: a population reads its batches from the host; '
+                    'leave data.on_device off')
   if problems:
     raise UserError('The population config has problems:\n  - ' + '\n  - '.join(problems))
   members = []
@@ -107,10 +117,8 @@ def member_configs(config: ml_collections.ConfigDict) -> list[ml_collections.Con
 def varied_values(config: ml_collections.ConfigDict,
                   members: list[ml_collections.ConfigDict]) -> dict[str, np.ndarray]:
   """Returns {config key: [N] values} for the hyperparameters that enter the step as arrays."""
-  values = {key: np.asarray([float(m[key.split('.')[0]][key.split('.')[1]]) if '.' in key
-                             else float(m[key]) for m in members], np.float32)
-            for field, key in VARIED.items() if field != 'seeds' and config.population[field]}
-  return values
+  return {key: np.asarray([float(_get(m, key)) for m in members], np.float32)
+          for field, key in VARIED.items() if field != 'seeds' and config.population[field]}
 
 
 class Population:
@@ -121,10 +129,7 @@ class Population:
 
   def _get(self, values: dict, key: str):
     """A member's value: a traced scalar if the population varies `key`, else the config's."""
-    if key in values:
-      return values[key]
-    section, _, leaf = key.rpartition('.')
-    return (self.config[section] if section else self.config)[leaf]
+    return values[key] if key in values else _get(self.config, key)
 
   def member_model(self, values: dict):
     fields = {k.split('.')[1]: v for k, v in values.items() if k.startswith('model.')}
@@ -164,8 +169,8 @@ def _restore_members(managers, states, member_cfgs, workdirs):
   step = max(common)
   restored, progress = [], []
   for i, manager in enumerate(managers):
-    if manager.latest_step() != step:
-      manager.delete(manager.latest_step())  # Newer than a member that did not reach it.
+    for newer in [s for s in manager.all_steps() if s > step]:
+      manager.delete(newer)  # Saved after a member that did not get there: redo those steps.
     state, member_progress = _resume(manager, _member(states, i), workdirs[i], member_cfgs[i])
     restored.append(state)
     progress.append(member_progress)

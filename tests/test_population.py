@@ -100,3 +100,10 @@ def test_bad_population_values_are_refused_before_training(tmp_path, fields, mes
   with pytest.raises(UserError, match=message):
     train.train_and_evaluate(small_population(**fields), str(tmp_path))
   assert not os.path.exists(population.member_dir(str(tmp_path), 0))
+
+
+def test_a_population_refuses_data_on_the_device(tmp_path):
+  config = small_population()
+  config.data.on_device = True
+  with pytest.raises(UserError, match='leave data.on_device off'):
+    train.train_and_evaluate(config, str(tmp_path))
