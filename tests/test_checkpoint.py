@@ -142,9 +142,13 @@ def test_retention_keeps_the_newest_and_the_best(tmp_path):
   config, workdir, _ = _short(tmp_path, 'r', num_steps=220, checkpoint__keep_last=2,
                               checkpoint__keep_best=1)
   evals = {r['step']: r['accuracy'] for r in read_metrics(workdir) if r['split'] == 'eval'}
-  best = max(sorted(evals), key=lambda s: evals[s])  # Earliest of the best, as orbax ranks ties.
   kept = sorted(int(n) for n in os.listdir(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)))
-  assert kept == sorted({198, 220, best})
+  # The newest two, and one checkpoint of the best accuracy (which of several tied ones is
+  # orbax's choice); when one of the newest two is the best, nothing more.
+  assert {198, 220} <= set(kept) and len(kept) <= 3
+  assert max(evals[s] for s in kept) == max(evals.values())
+  extra = set(kept) - {198, 220}
+  assert not extra or evals[extra.pop()] == max(evals.values())
   assert len(evals) == 10  # Ten evals were saved, and all but these were deleted.
 
 
