@@ -230,8 +230,8 @@ class Conv(nn.Module):
     k = self.kernel_size
     kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features),
                         self.param_dtype)
-    bias = (self.param('bias', nn.initializers.zeros_init(), (self.features,), self.param_dtype)
-            if self.use_bias else None)
+    if self.use_bias:  # Created here (first call), read back by `add_bias`.
+      self.param('bias', nn.initializers.zeros_init(), (self.features,), self.param_dtype)
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     y = jax.lax.conv_general_dilated(x, kernel, (self.strides, self.strides), self.padding,
                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
