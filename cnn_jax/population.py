@@ -177,6 +177,15 @@ def _restore_members(managers, states, member_cfgs, workdirs):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *restored), progress
 
 
+def evaluate_members(eval_step, states, dataset: data.Dataset, batch_size: int,
+                     sharding) -> list[dict[str, float]]:
+  """Returns each member's {'loss', 'accuracy', 'count'} over the whole eval split."""
+  from cnn_jax.train import eval_sums  # pylint: disable=g-import-not-at-top
+  totals = eval_sums(eval_step, states, dataset.eval, dataset.normalizer, batch_size, sharding)
+  return [{'loss': float(loss / count), 'accuracy': float(correct / count), 'count': float(count)}
+          for loss, correct, count in zip(totals['loss_sum'], totals['correct'], totals['count'])]
+
+
 def _summarise(workdir: str, workdirs: list[str], member_cfgs, values: dict[str, np.ndarray],
                finals: list[dict]):
   """Writes population.json and prints the members ranked by eval accuracy."""
@@ -281,11 +290,8 @@ def train_population(config: ml_collections.ConfigDict, workdir: str,
           sums[:] = 0
         evaluated = done % eval_every == 0 or done == num_steps
         if evaluated:
-          totals = train.eval_sums(eval_step, states, dataset.eval, dataset.normalizer,
-                                   config.eval_batch_size, batch_sharding)
-          finals = [{'loss': float(totals['loss_sum'][i] / totals['count'][i]),
-                     'accuracy': float(totals['correct'][i] / totals['count'][i]),
-                     'count': float(totals['count'][i])} for i in range(size)]
+          finals = evaluate_members(eval_step, states, dataset, config.eval_batch_size,
+                                    batch_sharding)
           for writer, metrics_i in zip(writers, finals):
             writer.write(done, 'eval', metrics_i)
           accuracies = [f['accuracy'] for f in finals]
@@ -312,11 +318,8 @@ def train_population(config: ml_collections.ConfigDict, workdir: str,
     if stop.requested:
       raise signals.TrainingInterrupted(stop.signum, done)
     if not finals[0]:  # Re-running a finished population: report its result.
-      totals = train.eval_sums(eval_step, states, dataset.eval, dataset.normalizer,
-                               config.eval_batch_size, batch_sharding)
-      finals = [{'loss': float(totals['loss_sum'][i] / totals['count'][i]),
-                 'accuracy': float(totals['correct'][i] / totals['count'][i]),
-                 'count': float(totals['count'][i])} for i in range(size)]
+      finals = evaluate_members(eval_step, states, dataset, config.eval_batch_size,
+                                batch_sharding)
   finally:
     for manager in managers:
       manager.close()

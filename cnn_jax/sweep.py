@@ -29,9 +29,6 @@ SAMPLERS = ('grid', 'random', 'tpe')
 PRUNERS = ('none', 'median', 'halving')
 STUDY_NAME = 'cnn_jax'
 SWEEP_FILE = 'sweep.json'
-# Config keys a population (cnn_jax.population) varies per member.
-POPULATION_KEYS = ('seed', 'optimizer.learning_rate', 'optimizer.weight_decay', 'label_smoothing',
-                   'model.dense_dropout', 'model.conv_dropout')
 
 
 def define_flags() -> None:
@@ -54,8 +51,8 @@ def define_flags() -> None:
                       'shared by workers on several machines; default: WORKDIR/study.journal.')
   flags.DEFINE_string('test_split', None, 'Also evaluate each finished trial on this split.')
   flags.DEFINE_integer('population', 1, 'Train up to this many trials at once as one population '
-                       '(cnn_jax.population) when every swept key is a per-member value: '
-                       f'{", ".join(POPULATION_KEYS)}.', lower_bound=1)
+                       '(cnn_jax.population) when every swept key is a per-member value: seed, '
+                       'learning rate, weight decay, label smoothing, dropout.', lower_bound=1)
   flags.DEFINE_bool('worker', False, 'Internal: run trials only (started by the sweep itself, or '
                     'by hand on other machines with a shared --storage).')
   flags.mark_flags_as_required(['config', 'workdir'])
@@ -300,10 +297,12 @@ def check_combinations(config, params, sampler: str) -> None:
 
 def check_population(params, pruner: str) -> None:
   """Refuses --population for a sweep whose trials cannot share one program."""
-  others = [p.key for p in params if p.key not in POPULATION_KEYS]
+  from cnn_jax.population import VARIED  # pylint: disable=g-import-not-at-top
+  per_member = tuple(VARIED.values())
+  others = [p.key for p in params if p.key not in per_member]
   if others:
     raise UserError(f'--population trains trials together only when they differ in '
-                    f'{", ".join(POPULATION_KEYS)}; this sweep also varies {", ".join(others)}. '
+                    f'{", ".join(per_member)}; this sweep also varies {", ".join(others)}. '
                     'Drop --population, or sweep those keys in separate sweeps.')
   if pruner != 'none':
     raise UserError('--population cannot prune single members; use --pruner none with it.')
