@@ -71,6 +71,9 @@ def load_dataset_record(workdir: str) -> tuple[DatasetInfo, Normalizer]:
     UserError: `workdir` has no dataset record (not a cnn_jax training workdir).
   """
   path = os.path.join(workdir, DATASET_FILE)
+  if os.path.exists(os.path.join(workdir, 'population.json')):  # cnn_jax.population.SUMMARY_FILE
+    raise UserError(f'{workdir!r} holds a population of models; pass one member\'s directory, '
+                    f'e.g. {os.path.join(workdir, "member_00")!r} (population.json ranks them).')
   if not os.path.exists(path):
     raise UserError(f'{workdir!r} is not a cnn_jax training workdir (no {DATASET_FILE}); '
                     'pass the --workdir of a run of python -m cnn_jax.main.')

@@ -62,6 +62,12 @@ def test_members_differ_and_the_best_is_reported(trained_population):
   assert summary[best['member']]['accuracy'] == best['accuracy']
 
 
+def test_evaluating_the_population_directory_names_its_members(trained_population):
+  _, workdir, _ = trained_population
+  with pytest.raises(UserError, match='holds a population of models; pass one member'):
+    inference.load_trained(workdir)
+
+
 def test_a_member_is_evaluated_and_predicted_like_any_run(trained_population):
   _, workdir, _ = trained_population
   member = population.member_dir(workdir, 2)
