@@ -40,6 +40,8 @@ def define_flags() -> None:
                      'until the eval accuracy reaches this.', lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer('max_epochs', 20, 'Give up on --target_accuracy after this many epochs.',
                        lower_bound=1)
+  flags.DEFINE_bool('input_only', False, 'Time the input pipeline alone on the real dataset '
+                    '(with --config.data.stream=True: the stream); no model is run.')
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
   flags.mark_flag_as_required('config')
 
@@ -60,7 +62,9 @@ def host_batches(config, num_steps: int, real_data: bool
   info = data.describe_dataset(spec)
   size = config.batch_size
   results = {}
-  if real_data:
+  if real_data and config.data.stream:
+    batches, results = _streamed_batches(config, spec, num_steps)
+  elif real_data:
     start = time.perf_counter()  # Input alone: decoding (or reading the cache) of the train split.
     loaded = len(data.load_split(spec, config.data.train_split))
     results['load_images_per_s'] = loaded / (time.perf_counter() - start)
@@ -74,6 +78,29 @@ def host_batches(config, num_steps: int, real_data: bool
     batches = [{'image': rng.normal(size=(size, *info.image_shape)).astype(np.float32),
                 'label': rng.integers(0, info.num_classes, size).astype(np.int32)}
                for _ in range(min(num_steps, 8))]
+  return batches, results
+
+
+def _streamed_batches(config, spec, num_steps: int) -> tuple[list, dict[str, float]]:
+  """Draws `num_steps` batches from the config's stream (data.stream=True), timing the input alone:
+  opening the splits (fitting the normalisation; writing the decoded cache on first use), the
+  first batch (worker start-up), then the steady rate."""
+  from cnn_jax import data  # pylint: disable=g-import-not-at-top
+  d = config.data
+  start = time.perf_counter()
+  dataset = data.stream_dataset(spec, d.train_split, d.eval_split)
+  results = {'stream_open_s': time.perf_counter() - start}
+  stream = data.stream.train_batches(dataset.train, dataset.prepare, dataset.normalizer,
+                                     config.batch_size, config.seed, threads=d.workers,
+                                     worker_processes=d.worker_processes, prefetch=d.prefetch)
+  start = time.perf_counter()
+  batches = [next(stream)]
+  results['stream_first_batch_s'] = time.perf_counter() - start
+  start = time.perf_counter()
+  batches += [next(stream) for _ in range(num_steps - 1)]
+  results['host_batches_images_per_s'] = (num_steps - 1) * config.batch_size / max(
+      time.perf_counter() - start, 1e-9)
+  stream.close()
   return batches, results
 
 
@@ -188,7 +215,15 @@ def main(argv: list[str]) -> None:
   against_torch = args.against == 'torch'
   if against_torch:  # Fail now, not after the cnn_jax measurement: no torch, or not a ConvNet.
     torch_reference.check_config(config)
-  inputs = host_batches(config, args.steps, args.data == 'real')
+  inputs = host_batches(config, args.steps, args.data == 'real' or args.input_only)
+  if args.input_only and args.json:
+    print(json.dumps({k: round(v, 3) for k, v in inputs[1].items()}))
+    return
+  if args.input_only:
+    print(f'Input pipeline of {config.data.name}, batch {config.batch_size}, {args.steps} batches '
+          f'({"streamed" if config.data.stream else "from memory"})')
+    _print_rows(inputs[1])
+    return
   results = measure(config, args.steps, args.warmup, args.data == 'real', inputs)
   compared = (compare_with_torch(config, args.steps, args.warmup, inputs, results)
               if against_torch else {})

@@ -76,6 +76,15 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   _check_number(p, 'data.split_seed', d.split_seed, integer=True)
   _check_number(p, 'data.max_skip_fraction', d.max_skip_fraction, low=0, high=1)
   _check_number(p, 'data.workers', d.workers, low=0, integer=True)
+  _check_choice(p, 'data.stream', d.stream, (True, False))
+  _check_number(p, 'data.worker_processes', d.worker_processes, low=0, integer=True)
+  _check_number(p, 'data.prefetch', d.prefetch, low=1, integer=True)
+  if d.stream is True and d.on_device:
+    p.append('config.data.stream=True reads batches as training goes, and config.data.on_device='
+             'True holds the whole split on the device: choose one')
+  if d.worker_processes and d.stream is not True:
+    p.append(f'config.data.worker_processes={d.worker_processes} decodes streamed batches: also '
+             'set config.data.stream=True')
   if d.name == 'csv' and not d.csv:
     p.append("config.data.name='csv' reads labels from a CSV: set config.data.csv to its path")
   if d.name in ('image_folder', 'csv', 'idx') and not d.path:

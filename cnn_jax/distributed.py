@@ -63,6 +63,18 @@ def to_global(batch: dict[str, np.ndarray], sharding) -> dict:
           for key, value in batch.items()}
 
 
+def from_local(batch: dict[str, np.ndarray], sharding) -> dict:
+  """Turns this process's own rows of a batch into a global array sharded along 'data'.
+
+  For data each process reads by itself (a streamed shard): the global batch is the processes'
+  rows in process order, P times the local batch.
+  """
+  count = jax.process_count()
+  return {key: jax.make_array_from_process_local_data(sharding, value,
+                                                      (len(value) * count, *value.shape[1:]))
+          for key, value in batch.items()}
+
+
 def replicate(array: np.ndarray, sharding) -> jax.Array:
   """A host array present in every process, as one global array replicated on every device."""
   return jax.make_array_from_process_local_data(sharding, array, array.shape)

@@ -90,6 +90,9 @@ def member_configs(config: ml_collections.ConfigDict) -> list[ml_collections.Con
   if config.data.on_device:
     problems.append('config.data.on_device: a population reads its batches from the host; '
                     'leave data.on_device off')
+  if config.data.stream:
+    problems.append('config.data.stream: a population trains on a split held in memory; '
+                    'leave data.stream off')
   if problems:
     raise UserError('The population config has problems:\n  - ' + '\n  - '.join(problems))
   members = []
@@ -180,8 +183,8 @@ def _restore_members(managers, states, member_cfgs, workdirs):
 def evaluate_members(eval_step, states, dataset: data.Dataset, batch_size: int,
                      sharding) -> list[dict[str, float]]:
   """Returns each member's {'loss', 'accuracy', 'count'} over the whole eval split."""
-  from cnn_jax.train import eval_sums  # pylint: disable=g-import-not-at-top
-  totals = eval_sums(eval_step, states, dataset.eval, dataset.normalizer, batch_size, sharding)
+  from cnn_jax.train import eval_batches, eval_sums  # pylint: disable=g-import-not-at-top
+  totals = eval_sums(eval_step, states, eval_batches(dataset, batch_size, sharding))
   return [{'loss': float(loss / count), 'accuracy': float(correct / count), 'count': float(count)}
           for loss, correct, count in zip(totals['loss_sum'], totals['correct'], totals['count'])]
 

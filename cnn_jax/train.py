@@ -5,10 +5,11 @@ takes plain arguments. Copy it and change it: there are no callbacks or hooks to
 """
 
 import dataclasses
+import itertools
 import math
 import os
 import time
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -35,20 +36,50 @@ def log(*args, **kwargs) -> None:
     print(*args, **{'flush': True, **kwargs})
 
 
-def eval_sums(eval_step, state: steps.TrainState, split: data.Split, normalizer: data.Normalizer,
-              batch_size: int, sharding: NamedSharding) -> dict[str, np.ndarray]:
-  """Returns `eval_step`'s sums {'loss_sum', 'correct', 'count'} over every example of `split`."""
+def train_batches(dataset, config: ml_collections.ConfigDict, seed: int, start_step: int,
+                  sharding: NamedSharding) -> Iterator[dict]:
+  """Yields global training batches start_step, start_step + 1, ... without end.
+
+  From a split in memory, every process builds the same batch and keeps its rows; from a stream,
+  each process reads, decodes and shuffles only its own shard of the examples.
+  """
+  if isinstance(dataset, data.StreamedDataset):
+    d = config.data
+    for batch in data.stream.train_batches(
+        dataset.train, dataset.prepare, dataset.normalizer, config.batch_size, seed, start_step,
+        (jax.process_index(), jax.process_count()), d.workers, d.worker_processes, d.prefetch):
+      yield distributed.from_local(batch, sharding)
+  else:
+    for step in itertools.count(start_step):
+      yield distributed.to_global(data.train_batch(dataset.train, dataset.normalizer,
+                                                   config.batch_size, seed, step), sharding)
+
+
+def eval_batches(dataset, batch_size: int, sharding: NamedSharding,
+                 threads: int = 0) -> Iterator[dict]:
+  """Yields global eval batches covering every held-out example once, the last padded and masked."""
+  if isinstance(dataset, data.StreamedDataset):
+    for batch in data.stream.eval_batches(dataset.eval, dataset.prepare, dataset.normalizer,
+                                          batch_size, (jax.process_index(), jax.process_count()),
+                                          threads):
+      yield distributed.from_local(batch, sharding)
+  else:
+    for batch in data.eval_batches(dataset.eval, dataset.normalizer, batch_size):
+      yield distributed.to_global(batch, sharding)
+
+
+def eval_sums(eval_step, state: steps.TrainState, batches: Iterable[dict]) -> dict[str, np.ndarray]:
+  """Returns `eval_step`'s sums {'loss_sum', 'correct', 'count'} over all `batches`."""
   totals = None
-  for batch in data.eval_batches(split, normalizer, batch_size):
-    sums = eval_step(state, distributed.to_global(batch, sharding))
+  for batch in batches:
+    sums = eval_step(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   return jax.device_get(totals)
 
 
-def evaluate(eval_step, state: steps.TrainState, split: data.Split, normalizer: data.Normalizer,
-             batch_size: int, sharding: NamedSharding) -> dict[str, float]:
-  """Returns {'loss', 'accuracy', 'count'} over every example of `split`, each counted once."""
-  totals = eval_sums(eval_step, state, split, normalizer, batch_size, sharding)
+def evaluate(eval_step, state: steps.TrainState, batches: Iterable[dict]) -> dict[str, float]:
+  """Returns {'loss', 'accuracy', 'count'} over all `batches` (their real examples, once each)."""
+  totals = eval_sums(eval_step, state, batches)
   count = float(totals['count'])
   return {'loss': float(totals['loss_sum']) / count, 'accuracy': float(totals['correct']) / count,
           'count': count}
@@ -60,13 +91,13 @@ def data_spec(config: ml_collections.ConfigDict) -> data.DataSpec:
   return data.DataSpec(**{k: v for k, v in config.data.items() if k in fields})
 
 
-def report_skipped(dataset: data.Dataset, workdir: str) -> None:
+def report_skipped(dataset, workdir: str) -> None:
   """Prints how many unreadable files were left out and lists them all in the workdir."""
   if not distributed.is_main_process():
     return
   skipped = [(split, f, reason) for split, part in (('train', dataset.train),
                                                      ('eval', dataset.eval))
-             for f, reason in part.skipped]
+             for f, reason in getattr(part, 'skipped', ())]  # A TFDS source has none.
   if not skipped:
     return
   path = os.path.join(workdir, 'skipped_files.txt')
@@ -184,7 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ---- data ----------------------------------------------------------------------------------------
   started = time.time()
-  dataset = data.load_dataset(spec, config.data.train_split, config.data.eval_split)
+  load = data.stream_dataset if config.data.stream else data.load_dataset
+  dataset = load(spec, config.data.train_split, config.data.eval_split)
   report_skipped(dataset, workdir)
   per_epoch = data.steps_per_epoch(len(dataset.train), config.batch_size)
   num_steps = config.num_steps or math.ceil(config.num_epochs * per_epoch)
@@ -237,6 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     sums = progress.get('train_sums', {'loss': 0.0, 'accuracy': 0.0, 'count': 0})
     pending = []  # Train metrics stay on the device until they are logged or checkpointed.
     eval_metrics, last_save = {}, time.time()
+    batches = train_batches(dataset, config, shuffle_seed, start_step, batch_sharding)
     bar = tqdm(initial=start_step, total=num_steps, unit='step', dynamic_ncols=True,
                disable=None if config.progress_bar and distributed.is_main_process() else True)
     with signals.StopRequest() as stop:
@@ -255,9 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           index = distributed.to_global({'index': index}, batch_sharding)['index']
           state, metrics = gather_step(state, *device_split, index)
         else:
-          batch = data.train_batch(dataset.train, dataset.normalizer, config.batch_size,
-                                   shuffle_seed, step)
-          state, metrics = train_step(state, distributed.to_global(batch, batch_sharding))
+          state, metrics = train_step(state, next(batches))
         pending.append(metrics)
         done = step + count
         step = done - 1  # The last step run, for the learning rate logged below.
@@ -273,8 +304,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           acc=f"{train_metrics['accuracy']:.3f}")
         evaluated = done % eval_every == 0 or done == num_steps
         if evaluated:
-          eval_metrics = evaluate(eval_step, state, dataset.eval, dataset.normalizer,
-                                  config.eval_batch_size, batch_sharding)
+          eval_metrics = evaluate(eval_step, state, eval_batches(
+              dataset, config.eval_batch_size, batch_sharding, config.data.workers))
           writer.write(done, 'eval', eval_metrics)
           if on_eval is not None:
             on_eval(done, eval_metrics)
@@ -291,14 +322,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           last_save = time.time()
         if stop.requested:
           break
+    batches.close()  # Stops a stream's worker processes.
     bar.close()
     writer.close()
     manager.wait_until_finished()  # The last save is asynchronous: complete it first.
     if stop.requested:
       raise signals.TrainingInterrupted(stop.signum, done)
     if not eval_metrics:  # Re-running a finished run: nothing to train, report its result.
-      eval_metrics = evaluate(eval_step, state, dataset.eval, dataset.normalizer,
-                              config.eval_batch_size, batch_sharding)
+      eval_metrics = evaluate(eval_step, state, eval_batches(
+          dataset, config.eval_batch_size, batch_sharding, config.data.workers))
   finally:
     manager.close()
 

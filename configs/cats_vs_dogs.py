@@ -17,6 +17,9 @@ def get_config(arg: str | None = None):
   config.data.train_split = 'train[:80%]'
   config.data.eval_split = 'train[80%:]'
   config.data.image_size = 128
+  # Read batches as training goes; decoded 128 px images are cached beside the TFDS data and
+  # memory-mapped, so later epochs (and runs) decode no JPEG again.
+  config.data.stream = True
   config.model.features = (32, 64, 128, 128)  # 128 → 64 → 32 → 16 → 8 px
   config.model.batch_norm = True
   config.model.dense = (256,)

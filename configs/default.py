@@ -30,7 +30,13 @@ def get_config():
   config.data.split_seed = 0  # Fixes which files are held out; independent of `seed`.
   config.data.max_skip_fraction = 0.05  # Stop if more files than this are unreadable.
   config.data.workers = 0  # Image-decoding threads; 0 = one per CPU core.
-  config.data.cache = True  # Keep decoded, resized folder images in PATH/.cnn_jax_cache.
+  # Keep decoded, resized images: folders in PATH/.cnn_jax_cache, TFDS in DATA_DIR/cnn_jax_cache.
+  config.data.cache = True
+  # Read batches through grain as training goes instead of loading whole splits into memory
+  # (TFDS datasets: from their files, or from the decoded cache as a memory map).
+  config.data.stream = False
+  config.data.worker_processes = 0  # Streaming: decode in this many processes; 0 = threads only.
+  config.data.prefetch = 4  # Streaming: batches prepared ahead (per worker process).
   config.data.on_device = False  # Hold the whole training split on the device (digits, MNIST).
   # Steps per compiled call with data.on_device (lax.scan over steps): 1 = one call per step;
   # 0 = auto: a whole epoch on GPU/TPU, 1 on CPU, where scanned convolutions run slower.

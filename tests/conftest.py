@@ -2,6 +2,10 @@
 
 import importlib.util
 import os
+import tempfile
+
+# TFDS reads this at import: decoded caches of mock datasets go to a scratch dir, not the home dir.
+os.environ.setdefault('TFDS_DATA_DIR', tempfile.mkdtemp(prefix='cnn_jax_tests_tfds_'))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = ('default', 'digits', 'mnist', 'fashion_mnist', 'cats_vs_dogs', 'keras_seed',

@@ -1,4 +1,5 @@
-"""One entry point from a data spec to in-memory train/eval splits and their metadata.
+"""From a data spec to train/eval data and their metadata: splits in host memory
+(`load_dataset`), or random-access sources read batch by batch through grain (`stream_dataset`).
 
 Sources, chosen by `DataSpec.name`:
   'digits'        the UCI handwritten digits bundled with scikit-learn (offline)
@@ -11,14 +12,17 @@ Sources, chosen by `DataSpec.name`:
 import dataclasses
 import os
 
-from cnn_jax.data import cache, csv_labels, digits, idx, image_folder, tfds_source
+import numpy as np
+
+from cnn_jax.data import cache, csv_labels, digits, idx, image_folder, stream, tfds_source
 from cnn_jax.data.batching import eval_batches, steps_per_epoch, train_batch, train_indices
 from cnn_jax.data.dataset import Dataset, DatasetInfo, Normalizer, Split
 from cnn_jax.data.images import RESIZE_MODES, resize_images
+from cnn_jax.data.stream import StreamedDataset
 from cnn_jax.errors import UserError
 
-__all__ = ['DataSpec', 'Dataset', 'DatasetInfo', 'Normalizer', 'Split', 'describe_dataset',
-           'load_dataset', 'load_split', 'raw_max_value', 'eval_batches', 'train_batch', 'train_indices',
+__all__ = ['DataSpec', 'Dataset', 'StreamedDataset', 'DatasetInfo', 'Normalizer', 'Split', 'describe_dataset',
+           'load_dataset', 'load_split', 'stream_dataset', 'raw_max_value', 'eval_batches', 'train_batch', 'train_indices',
            'steps_per_epoch', 'LOCAL_SOURCES', 'NO_HORIZONTAL_FLIP', 'RESIZE_MODES']
 
 LOCAL_SOURCES = ('digits', 'image_folder', 'csv', 'idx')
@@ -131,6 +135,25 @@ def _folder(spec: DataSpec):
   return _folder_index(spec) if spec.name in ('image_folder', 'csv') else None
 
 
+def _prepare(spec: DataSpec) -> stream.PrepareExample:
+  return stream.PrepareExample(spec.image_size, spec.resize)
+
+
+def _tfds_split(spec: DataSpec, split: str):
+  """Opens a TFDS split as a random-access source: its decoded cache with `spec.cache` (written
+  on first use, beside the TFDS data), else the dataset's own files."""
+  source = tfds_source.open_split(spec.name, split, spec.tfds_data_dir, spec.download)
+  if not spec.cache:
+    return source
+  directory, stem = tfds_source.cache_name(spec.name, split, spec.tfds_data_dir, _prepare(spec),
+                                           len(source))
+  try:
+    return stream.write_npy_cache(source, _prepare(spec), directory, stem, spec.workers)
+  except OSError as e:  # A read-only data dir: read (and decode) the dataset's own files.
+    print(f'Not caching decoded {spec.name!r} images in {directory}: {e}', flush=True)
+    return source
+
+
 def _load_split(spec: DataSpec, split: str, folder) -> Split:
   if folder is not None:
     return _load_folder_split(spec, split, folder)
@@ -141,8 +164,10 @@ def _load_split(spec: DataSpec, split: str, folder) -> Split:
   elif spec.name == 'idx':
     loaded = idx.load_split(spec.path, split)
   else:
-    return tfds_source.load_split(spec.name, split, spec.tfds_data_dir, spec.download,
-                                  spec.image_size)
+    source = _tfds_split(spec, split)
+    if isinstance(source, stream.NpySource):  # The decoded cache: one read, no decoding.
+      return Split(np.load(source.images_path), source.labels)
+    return tfds_source.load_split(source, _prepare(spec), spec.workers)
   return Split(resize_images(loaded.images, spec.image_size), loaded.labels) if (
       spec.image_size) else loaded
 
@@ -155,6 +180,24 @@ def load_split(spec: DataSpec, split: str) -> Split:
   """
   describe_dataset(spec)  # Name, path and size problems, before any decoding.
   return _load_split(spec, split, _folder(spec))
+
+
+def stream_dataset(spec: DataSpec, train_split: str = 'train',
+                   eval_split: str = 'test') -> stream.StreamedDataset:
+  """Opens both splits as random-access sources for `stream.train_batches` / `eval_batches`.
+
+  TFDS datasets are read from their files (or from their decoded cache) as batches are drawn, so
+  no split is held in memory; the local sources, small or cached already, are loaded first.
+  """
+  info = describe_dataset(spec)
+  if spec.name in LOCAL_SOURCES:
+    loaded = load_dataset(spec, train_split, eval_split)
+    return stream.StreamedDataset(info, stream.ArraySource(loaded.train),
+                                  stream.ArraySource(loaded.eval), loaded.normalizer,
+                                  stream.PrepareExample())  # Already decoded and resized.
+  train, held_out = (_tfds_split(spec, split) for split in (train_split, eval_split))
+  normalizer = stream.fit_normalizer(train, _prepare(spec), raw_max_value(spec.name), spec.workers)
+  return stream.StreamedDataset(info, train, held_out, normalizer, _prepare(spec))
 
 
 def raw_max_value(name: str) -> float:

@@ -66,6 +66,14 @@ def load_resized(path: str, size: int, channels: int, resize: str = 'squash') ->
   return _to_array(image.resize((size, size), Image.BILINEAR), channels)
 
 
+def crop_center_square(image: np.ndarray) -> np.ndarray:
+  """Returns the centre square of a [H, W, C] image (side min(H, W)), as 'crop' resizing keeps."""
+  height, width = image.shape[:2]
+  side = min(height, width)
+  top, left = (height - side) // 2, (width - side) // 2
+  return image[top:top + side, left:left + side]
+
+
 def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
   """Bilinear resize of one uint8 [H, W, C] image to [size, size, C] (or [h, w, C] for a pair).
 

@@ -2,13 +2,17 @@
 
 `tfds.data_source` gives random access to a dataset prepared in ArrayRecord format. This module
 turns the absence of that (no network, wrong format, unknown name) into a message that says what to
-do, and loads a split into host memory, resized to one shape.
+do, opens a split as a random-access source, and loads a split into host memory.
 """
+
+import hashlib
+import os
+import re
 
 import numpy as np
 
 from cnn_jax.data.dataset import Split
-from cnn_jax.data.images import resize_image
+from cnn_jax.data.stream import PrepareExample, read_all
 from cnn_jax.errors import UserError
 
 _HOW_TO_GET = """\
@@ -59,29 +63,44 @@ def _data_source(name: str, split: str, data_dir: str | None, download: bool):
         f'(download={download}): {first_line}\n' + _HOW_TO_GET.format(name=name)) from None
 
 
-def load_split(name: str, split: str, data_dir: str | None, download: bool,
-               image_size: int) -> Split:
+def open_split(name: str, split: str, data_dir: str | None, download: bool):
+  """Returns the split as a random-access source of example dicts ('image', 'label', ...).
+
+  Raises:
+    UserError: the dataset is not there (with how to get it), or the split is empty.
+  """
+  source = _data_source(name, split, data_dir, download)
+  if not len(source):
+    raise UserError(f'Split {split!r} of {name!r} is empty; check config.data.*_split.')
+  return source
+
+
+def cache_name(name: str, split: str, data_dir: str | None, prepare: PrepareExample,
+               num_examples: int) -> tuple[str, str]:
+  """Returns (directory, file stem) of the decoded cache of a split prepared by `prepare`.
+
+  A prepared TFDS version never changes, so name, version, split, size and resize mode identify
+  the decoded images; the example count guards against a re-prepared dataset of another size.
+  """
+  version = str(_builder(name, data_dir).info.version)
+  root = data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
+  # Readable, plus a hash: 'train[:50%]' and 'train[50%:]' read alike once sanitised.
+  stem = (re.sub(r'[^A-Za-z0-9_.-]+', '_', split).strip('_') + '-'
+          + hashlib.sha256(split.encode()).hexdigest()[:8])
+  size = f'{prepare.image_size}px-{prepare.resize}' if prepare.image_size else 'native'
+  return (os.path.join(root, 'cnn_jax_cache', name, version),
+          f'{stem}-{size}-{num_examples}')
+
+
+def load_split(source, prepare: PrepareExample, threads: int = 0) -> Split:
   """Reads a whole split into memory as uint8 [N, H, W, C] images and int32 [N] labels.
 
   Args:
-    name: TFDS dataset name, e.g. 'mnist'.
-    split: TFDS split, slicing allowed ('train[:80%]').
-    data_dir: where the prepared dataset lives; None for TFDS's default.
-    download: whether TFDS may download and prepare a missing dataset.
-    image_size: resize every image to image_size × image_size; 0 keeps the native size, which
-      then has to be the same for all images.
+    source: the split, from `open_split`.
+    prepare: the per-example resize, the same one a streamed run applies; images of varying
+      size need an image_size (`describe` has checked that).
+    threads: decoding threads; 0 = one per CPU core.
   """
-  source = _data_source(name, split, data_dir, download)
-  images, labels = [], []
-  for i in range(len(source)):
-    example = source[i]
-    image = np.asarray(example['image'], np.uint8)
-    images.append(resize_image(image, image_size) if image_size else image)
-    labels.append(int(example['label']))
-  if not images:
-    raise UserError(f'Split {split!r} of {name!r} is empty; check config.data.*_split.')
-  shapes = {im.shape for im in images}
-  if len(shapes) > 1:
-    raise UserError(f'{name!r} images come in {len(shapes)} sizes (e.g. {sorted(shapes)[:3]}); '
-                    'set --config.data.image_size=N to resize them all to N×N.')
-  return Split(np.stack(images), np.asarray(labels, np.int32))
+  batches = list(read_all(source, prepare, threads))
+  return Split(np.concatenate([b['image'] for b in batches]),
+               np.concatenate([b['label'] for b in batches]).astype(np.int32))
