@@ -137,19 +137,6 @@ def test_a_streamed_run_stopped_mid_way_resumes_to_the_uninterrupted_result(tmp_
   assert strip(str(tmp_path / 'stopped')) == strip(str(tmp_path / 'whole'))
 
 
-@pytest.mark.parametrize('name', ['mnist', 'cats_vs_dogs'])
-def test_tfds_configs_stream_end_to_end_under_mock_data(tmp_path, name):
-  config = load_config(name, 'small')
-  config.data.stream = True
-  config.data.tfds_data_dir = str(tmp_path / 'tfds')
-  config.batch_size = config.eval_batch_size = 8
-  config.num_steps = 3
-  config.progress_bar = False
-  with tfds.testing.mock_data(num_examples=21):
-    metrics = train.train_and_evaluate(config, str(tmp_path / name))
-  assert metrics['count'] == 21 and 0.0 <= metrics['accuracy'] <= 1.0
-
-
 def test_streaming_refuses_settings_it_cannot_honour(tmp_path):
   config = _stream_config()
   config.data.on_device = True

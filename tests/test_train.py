@@ -127,10 +127,14 @@ def test_digits_default_learns_far_above_chance(tmp_path):
   assert metrics['accuracy'] >= 0.97  # Chance is 10%; seeds 0–4 measured 98.6–99.7%.
 
 
-@pytest.mark.parametrize('name', ['mnist', 'fashion_mnist', 'cats_vs_dogs', 'keras_seed'])
-def test_tfds_configs_run_end_to_end_under_mock_data(tmp_path, name):
-  """The same path a user runs, on TFDS's mock examples (no download is attempted)."""
+@pytest.mark.parametrize('name, stream', [('mnist', False), ('mnist', True),
+                                          ('fashion_mnist', False), ('cats_vs_dogs', False),
+                                          ('cats_vs_dogs', True), ('keras_seed', False)])
+def test_tfds_configs_run_end_to_end_under_mock_data(tmp_path, name, stream):
+  """The same path a user runs, on TFDS's mock examples (no download is attempted), with the
+  splits in memory or streamed (cats_vs_dogs streams by default)."""
   config = load_config(name, 'small')
+  config.data.stream = stream
   config.batch_size = config.eval_batch_size = 8
   config.num_steps = 3
   config.progress_bar = False

@@ -21,9 +21,10 @@ from cnn_jax.data.images import RESIZE_MODES, resize_images
 from cnn_jax.data.stream import StreamedDataset
 from cnn_jax.errors import UserError
 
-__all__ = ['DataSpec', 'Dataset', 'StreamedDataset', 'DatasetInfo', 'Normalizer', 'Split', 'describe_dataset',
-           'load_dataset', 'load_split', 'stream_dataset', 'raw_max_value', 'eval_batches', 'train_batch', 'train_indices',
-           'steps_per_epoch', 'LOCAL_SOURCES', 'NO_HORIZONTAL_FLIP', 'RESIZE_MODES']
+__all__ = ['DataSpec', 'Dataset', 'StreamedDataset', 'DatasetInfo', 'Normalizer', 'Split',
+           'describe_dataset', 'load_dataset', 'load_split', 'stream_dataset', 'raw_max_value',
+           'eval_batches', 'train_batch', 'train_indices', 'steps_per_epoch', 'LOCAL_SOURCES',
+           'NO_HORIZONTAL_FLIP', 'RESIZE_MODES']
 
 LOCAL_SOURCES = ('digits', 'image_folder', 'csv', 'idx')
 _MAX_VALUE = {'digits': digits.MAX_VALUE}  # Largest raw pixel value; 255 for every other source.
