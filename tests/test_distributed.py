@@ -55,21 +55,38 @@ def test_four_devices_train_like_one(tmp_path, one_device):
   _assert_close(tmp_path, one_device)
 
 
-def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(tmp_path, one_device):
+def _run_two_processes(workdir, *extra) -> list[tuple[str, str]]:
   port = portpicker.pick_unused_port()
   processes = [subprocess.Popen(
-      _command(tmp_path, f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-               f'--process_id={i}'), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True, env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+      _command(workdir, f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+               f'--process_id={i}', *extra), cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True,
+      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
                for i in range(2)]
   outputs = [p.communicate(timeout=300) for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs[1][1]
+  return outputs
+
+
+def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(tmp_path, one_device):
+  outputs = _run_two_processes(tmp_path)
   assert 'on 2 CPU device(s) in 2 processes' in outputs[0][0]
   assert 'Final test accuracy' not in outputs[1][0]  # Only process 0 speaks.
   _assert_close(tmp_path, one_device)
   report = evaluate.evaluate_workdir(str(tmp_path))  # This test process: one process, one device.
   final = [r for r in read_metrics(str(tmp_path)) if r['split'] == 'eval'][-1]
   assert report['accuracy'] == pytest.approx(final['accuracy'], abs=1e-9)
+
+
+def test_two_processes_stream_their_own_shards_and_evaluate_every_example_once(tmp_path):
+  # Each process reads, shuffles and batches only every other example; evaluation pads both
+  # shards to the same number of batches. The one-process evaluate tool must agree exactly.
+  _run_two_processes(tmp_path, '--config.data.stream=True')
+  evals = [r for r in read_metrics(str(tmp_path)) if r['split'] == 'eval']
+  assert [r['count'] for r in evals] == [360] * 3
+  assert evals[-1]['accuracy'] > 0.8  # Chance is 10%.
+  report = evaluate.evaluate_workdir(str(tmp_path))
+  assert report['accuracy'] == pytest.approx(evals[-1]['accuracy'], abs=1e-9)
 
 
 def test_bfloat16_trains_digits_above_the_same_bar(tmp_path):
