@@ -13,6 +13,7 @@ saving. Batches run across epoch boundaries (the stream is one endless shuffled 
 
 import dataclasses
 import os
+import signal
 import uuid
 from typing import Iterator
 
@@ -200,7 +201,8 @@ def _iterate(dataset: grain.MapDataset, threads: int, worker_processes: int,
   if worker_processes:
     _let_grain_read_its_flags()
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=worker_processes, per_worker_buffer_size=prefetch))
+        num_workers=worker_processes, per_worker_buffer_size=prefetch),
+        worker_init_fn=_ignore_interrupts)
   iterator = iter(iterable)
   try:
     yield from iterator
@@ -208,6 +210,13 @@ def _iterate(dataset: grain.MapDataset, threads: int, worker_processes: int,
     close = getattr(iterator, 'close', None)
     if close is not None:
       close()  # Stops the worker processes now rather than at garbage collection.
+
+
+def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
+  """Runs first in each worker process: Ctrl-C reaches the whole process group, and the training
+  process alone should answer it (it checkpoints, then closes the workers)."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _let_grain_read_its_flags() -> None:
