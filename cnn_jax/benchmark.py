@@ -96,12 +96,12 @@ def _streamed_batches(config, spec, num_steps: int) -> tuple[list, dict[str, flo
   start = time.perf_counter()
   batches = [next(stream)]
   results['stream_first_batch_s'] = time.perf_counter() - start
+  timed = max(num_steps - 1, 1)  # Steady state: the batches after the first.
   start = time.perf_counter()
-  batches += [next(stream) for _ in range(num_steps - 1)]
-  results['host_batches_images_per_s'] = (num_steps - 1) * config.batch_size / max(
-      time.perf_counter() - start, 1e-9)
+  batches += [next(stream) for _ in range(timed)]
+  results['host_batches_images_per_s'] = timed * config.batch_size / (time.perf_counter() - start)
   stream.close()
-  return batches, results
+  return batches[:num_steps], results
 
 
 def measure(config, num_steps: int, warmup: int, real_data: bool,

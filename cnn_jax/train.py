@@ -45,10 +45,14 @@ def train_batches(dataset, config: ml_collections.ConfigDict, seed: int, start_s
   """
   if isinstance(dataset, data.StreamedDataset):
     d = config.data
-    for batch in data.stream.train_batches(
+    stream = data.stream.train_batches(
         dataset.train, dataset.prepare, dataset.normalizer, config.batch_size, seed, start_step,
-        (jax.process_index(), jax.process_count()), d.workers, d.worker_processes, d.prefetch):
-      yield distributed.from_local(batch, sharding)
+        (jax.process_index(), jax.process_count()), d.workers, d.worker_processes, d.prefetch)
+    try:
+      for batch in stream:
+        yield distributed.from_local(batch, sharding)
+    finally:
+      stream.close()  # Stops its worker processes however the loop ends.
   else:
     for step in itertools.count(start_step):
       yield distributed.to_global(data.train_batch(dataset.train, dataset.normalizer,
@@ -240,7 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                    info.image_shape), out_shardings=replicated)()
   ckpt = config.checkpoint
   manager = checkpoint.open_manager(workdir, ckpt.keep_last, ckpt.keep_best, ckpt.best_metric)
-  try:  # `finally` closes the manager, joining its background writer, however the run ends.
+  batches = None
+  try:  # `finally` closes the manager and the batches (a stream's workers), however the run ends.
     progress = {}
     if manager.latest_step() is not None:
       state, progress = _resume(manager, state, workdir, config)
@@ -322,7 +327,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           last_save = time.time()
         if stop.requested:
           break
-    batches.close()  # Stops a stream's worker processes.
     bar.close()
     writer.close()
     manager.wait_until_finished()  # The last save is asynchronous: complete it first.
@@ -332,6 +336,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       eval_metrics = evaluate(eval_step, state, eval_batches(
           dataset, config.eval_batch_size, batch_sharding, config.data.workers))
   finally:
+    if batches is not None:
+      batches.close()
     manager.close()
 
   log(f'Final {config.data.eval_split} accuracy: {eval_metrics["accuracy"]:.2%} '

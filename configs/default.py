@@ -35,8 +35,10 @@ def get_config():
   # Read batches through grain as training goes instead of loading whole splits into memory
   # (TFDS datasets: from their files, or from the decoded cache as a memory map).
   config.data.stream = False
-  config.data.worker_processes = 0  # Streaming: decode in this many processes; 0 = threads only.
-  config.data.prefetch = 4  # Streaming: batches prepared ahead (per worker process).
+  # Streaming: read in this many processes, each with `workers` threads (0 = one); 0 = read in
+  # threads of the training process only.
+  config.data.worker_processes = 0
+  config.data.prefetch = 4  # Streaming: batches read ahead (at least one per thread), per process.
   config.data.on_device = False  # Hold the whole training split on the device (digits, MNIST).
   # Steps per compiled call with data.on_device (lax.scan over steps): 1 = one call per step;
   # 0 = auto: a whole epoch on GPU/TPU, 1 on CPU, where scanned convolutions run slower.

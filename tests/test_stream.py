@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cnn_jax import data, train
-from cnn_jax.data import stream
+from cnn_jax.data import npy_cache, stream
 from cnn_jax.errors import UserError
 from cnn_jax.metric_writers import read_metrics
 from conftest import REPO, load_config
@@ -39,20 +39,41 @@ def _indices(batches) -> list[int]:
   return found
 
 
-def test_each_shard_visits_its_own_examples_once_per_epoch_in_a_new_order(indexed_source):
-  shards = {}
-  for shard, size in (((0, 2), 501), ((1, 2), 500)):  # Every other example: [p::P].
-    batches = stream.train_batches(indexed_source, stream.PrepareExample(), IDENTITY, 10,
-                                   seed=3, shard=shard)
-    taken = [next(batches) for _ in range(2 * size // 5 + 1)]  # Just over two epochs.
-    batches.close()
-    assert all(b['image'].shape == (5, 2, 2, 1) for b in taken)  # B/P rows per process.
-    order = _indices(taken)
-    first, second = order[:size], order[size:2 * size]
-    assert sorted(first) == sorted(second) == list(range(shard[0], N, 2))  # Each once an epoch,
-    assert first != second  # in a fresh order each epoch.
-    shards[shard] = set(first)
-  assert not shards[(0, 2)] & shards[(1, 2)]  # Each process reads only its own shard.
+def _take(batches, count):
+  taken = [next(batches) for _ in range(count)]
+  batches.close()
+  return taken
+
+
+def test_each_epoch_visits_every_example_once_in_a_new_order(indexed_source):
+  # 1,001 examples at batch 7: 143 batches an epoch, exactly.
+  order = _indices(_take(stream.train_batches(indexed_source, stream.PrepareExample(),
+                                              IDENTITY, 7, seed=3), 2 * 143))
+  first, second = order[:N], order[N:]
+  assert sorted(first) == sorted(second) == list(range(N))
+  assert first != second
+
+
+def test_processes_read_only_their_rows_of_the_same_global_batches(indexed_source):
+  one = _take(stream.train_batches(indexed_source, stream.PrepareExample(), IDENTITY, 12,
+                                   seed=3), 100)
+  rows = [_take(stream.train_batches(indexed_source, stream.PrepareExample(), IDENTITY, 12,
+                                     seed=3, shard=(p, 3)), 100) for p in range(3)]
+  for k, batch in enumerate(one):
+    assert all(part[k]['image'].shape == (4, 2, 2, 1) for part in rows)  # B/P rows each.
+    together = np.concatenate([part[k]['image'] for part in rows])
+    np.testing.assert_array_equal(together, batch['image'])  # In process order.
+
+
+def test_nearby_seeds_give_unrelated_orders(indexed_source):
+  # grain shuffles epoch e with (seed + e): used as given, seed 1's first epoch would be seed 0's
+  # second.
+  epochs = {seed: _indices(_take(stream.train_batches(indexed_source, stream.PrepareExample(),
+                                                      IDENTITY, 7, seed=seed), 2 * 143))
+            for seed in (0, 1)}
+  assert epochs[1][:N] != epochs[0][N:]
+  matches = sum(a == b for a, b in zip(epochs[1][:N], epochs[0][N:]))
+  assert matches < 20  # About 1 expected by chance.
 
 
 def test_a_stream_started_at_step_s_continues_the_uninterrupted_stream(indexed_source):
@@ -68,13 +89,15 @@ def test_a_stream_started_at_step_s_continues_the_uninterrupted_stream(indexed_s
   assert not np.array_equal(other_seed['label'], reference[0]['label'])
 
 
-@pytest.mark.parametrize('processes', [1, 2, 3])
+@pytest.mark.parametrize('processes, batch_size', [(1, 96), (2, 96), (3, 96), (2, 100)])
 def test_eval_stream_covers_every_example_once_with_equal_batch_counts(indexed_source,
-                                                                       processes):
-  shards = [list(stream.eval_batches(indexed_source, stream.PrepareExample(), IDENTITY, 96,
-                                     (p, processes))) for p in range(processes)]
+                                                                       processes, batch_size):
+  # At (2, 100), process 1's 500 examples fill 10 batches and process 0 needs 11: process 1's
+  # 11th batch is padding alone.
+  shards = [list(stream.eval_batches(indexed_source, stream.PrepareExample(), IDENTITY,
+                                     batch_size, (p, processes))) for p in range(processes)]
   assert len({len(batches) for batches in shards}) == 1  # The collective step runs alike.
-  assert all(b['image'].shape[0] == b['mask'].shape[0] == 96 // processes
+  assert all(b['image'].shape[0] == b['mask'].shape[0] == batch_size // processes
              for batches in shards for b in batches)
   assert sorted(i for batches in shards for i in _indices(batches)) == list(range(N))
 
@@ -95,16 +118,42 @@ def test_tfds_stream_matches_the_in_memory_split_and_caches_decoded_images(tmp_p
     in_memory = data.load_dataset(data.DataSpec(**{**spec.__dict__, 'cache': False}),
                                   'train[:50%]', 'train[50%:]')
     streamed = data.stream_dataset(spec, 'train[:50%]', 'train[50%:]')
+    written = os.stat(streamed.train.images_path)
     again = data.stream_dataset(spec, 'train[:50%]', 'train[50%:]')
-  assert streamed.normalizer == in_memory.normalizer  # Fitted on the same examples.
-  assert isinstance(streamed.train, stream.NpySource)
+  assert streamed.normalizer == in_memory.normalizer  # Fitted on the same examples, alike.
+  assert isinstance(streamed.train, npy_cache.NpySource)
   cached = sorted(os.listdir(tmp_path / 'cnn_jax_cache' / 'cats_vs_dogs' / '4.0.1'))
-  assert len(cached) == 4  # Images and labels of each split, under distinct names.
-  assert again.train.images_path == streamed.train.images_path
+  assert len(cached) == 4  # Images and labels of each split, under distinct names; no leftovers.
+  reread = os.stat(again.train.images_path)  # The second open read the cache, not rewrote it.
+  assert (reread.st_ino, reread.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
   images = np.concatenate([
       b['image'][b['mask'] > 0] for b in stream.eval_batches(
           streamed.eval, streamed.prepare, streamed.normalizer, 8)])
-  np.testing.assert_array_equal(images, in_memory.normalizer(in_memory.eval.images))
+  np.testing.assert_allclose(images, in_memory.normalizer(in_memory.eval.images), atol=1e-6)
+
+
+def _cache_batches(count, fail_at=None):
+  for start in range(0, count, 4):
+    if start == fail_at:
+      raise OSError('No space left on device')
+    stop = min(start + 4, count)
+    yield {'image': np.full((stop - start, 3, 3, 1), start, np.uint8),
+           'label': np.arange(start, stop, dtype=np.int32)}
+
+
+def test_a_failed_cache_write_leaves_nothing_and_a_damaged_cache_is_named(tmp_path):
+  with pytest.raises(OSError, match='No space'):
+    npy_cache.write_or_open(str(tmp_path), 'split', 10, (3, 3, 1),
+                            lambda: _cache_batches(10, fail_at=8))
+  assert not os.listdir(tmp_path)  # No partial file to pile up or to be trusted later.
+  cached = npy_cache.write_or_open(str(tmp_path), 'split', 10, (3, 3, 1),
+                                   lambda: _cache_batches(10))
+  np.testing.assert_array_equal(cached.gather(np.array([9, 0]))['label'], [9, 0])
+  assert cached[5]['image'][0, 0, 0] == 4
+  with open(cached.images_path, 'r+b') as f:  # A truncated file, as a full disk might leave.
+    f.truncate(100)
+  with pytest.raises(UserError, match='damaged.*Delete'):
+    npy_cache.write_or_open(str(tmp_path), 'split', 10, (3, 3, 1), lambda: _cache_batches(10))
 
 
 def _stream_config(num_steps=40):

@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 
-from cnn_jax.data import cache, csv_labels, digits, idx, image_folder, stream, tfds_source
+from cnn_jax.data import (cache, csv_labels, digits, idx, image_folder, npy_cache, stream,
+                          tfds_source)
 from cnn_jax.data.batching import eval_batches, steps_per_epoch, train_batch, train_indices
 from cnn_jax.data.dataset import Dataset, DatasetInfo, Normalizer, Split
 from cnn_jax.data.images import RESIZE_MODES, resize_images
@@ -148,9 +149,11 @@ def _tfds_split(spec: DataSpec, split: str):
     return source
   directory, stem = tfds_source.cache_name(spec.name, split, spec.tfds_data_dir, _prepare(spec),
                                            len(source))
+  prepare = _prepare(spec)
   try:
-    return stream.write_npy_cache(source, _prepare(spec), directory, stem, spec.workers)
-  except OSError as e:  # A read-only data dir: read (and decode) the dataset's own files.
+    return npy_cache.write_or_open(directory, stem, len(source), prepare(source[0])['image'].shape,
+                                   lambda: stream.read_all(source, prepare, spec.workers))
+  except OSError as e:  # A read-only data dir or a full disk: read the dataset's own files.
     print(f'Not caching decoded {spec.name!r} images in {directory}: {e}', flush=True)
     return source
 
@@ -166,7 +169,7 @@ def _load_split(spec: DataSpec, split: str, folder) -> Split:
     loaded = idx.load_split(spec.path, split)
   else:
     source = _tfds_split(spec, split)
-    if isinstance(source, stream.NpySource):  # The decoded cache: one read, no decoding.
+    if isinstance(source, npy_cache.NpySource):  # The decoded cache: one read, no decoding.
       return Split(np.load(source.images_path), source.labels)
     return tfds_source.load_split(source, _prepare(spec), spec.workers)
   return Split(resize_images(loaded.images, spec.image_size), loaded.labels) if (

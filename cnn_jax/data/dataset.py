@@ -1,6 +1,7 @@
 """The in-memory dataset that every source produces, and the metadata a model needs."""
 
 import dataclasses
+from typing import Iterable
 
 import numpy as np
 
@@ -62,17 +63,28 @@ class Normalizer:
   @classmethod
   def fit(cls, images: np.ndarray, max_value: float) -> 'Normalizer':
     """Measures per-channel mean and std of `images` [N, H, W, C] scaled to [0, 1]."""
-    sample = images[::cls.sample_stride(len(images))]
-    # Sums over chunks of 64 images: a float64 copy of the whole sample would take GBs at 128 px.
+    return cls.fit_batches([images[::cls.sample_stride(len(images))]], max_value)
+
+  @classmethod
+  def fit_batches(cls, batches: Iterable[np.ndarray], max_value: float) -> 'Normalizer':
+    """Measures per-channel mean and std over all images of `batches` ([b, H, W, C] each).
+
+    Sums run over chunks of 64 images in float64, so neither a split nor a float64 copy of it is
+    ever held whole (at 128 px, 10,000 images would take 4 GB as float64).
+    """
     total = squares = 0.0
-    for start in range(0, len(sample), 64):
-      chunk = sample[start:start + 64].reshape(-1, sample.shape[-1]).astype(np.float64)
-      total = total + chunk.sum(axis=0)
-      squares = squares + np.square(chunk).sum(axis=0)
-    count = sample.size / sample.shape[-1]
+    count = 0
+    for batch in batches:
+      for start in range(0, len(batch), 64):
+        chunk = batch[start:start + 64].reshape(-1, batch.shape[-1]).astype(np.float64)
+        total = total + chunk.sum(axis=0)
+        squares = squares + np.square(chunk).sum(axis=0)
+        count += len(chunk)
+    if not count:
+      raise ValueError('no images to fit the normalisation on')
     mean = total / count
-    variance = np.maximum(squares / count - np.square(mean), 0.0)
-    std = np.maximum(np.sqrt(variance) / max_value, 1e-3)  # A constant channel must not divide by 0.
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0)) / max_value
+    std = np.maximum(std, 1e-3)  # A constant channel must not divide by 0.
     return cls(float(max_value), tuple(map(float, mean / max_value)), tuple(map(float, std)))
 
   def __call__(self, images: np.ndarray) -> np.ndarray:

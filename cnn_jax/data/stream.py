@@ -1,20 +1,20 @@
 """Batches read through grain from a random-access source, instead of from a split held in memory.
 
-With `data.stream`, a TFDS dataset is read example by example from its ArrayRecord files
-(`tfds.data_source`), decoded and resized as it is needed, in threads or in worker processes, so
-a split never has to fit in host memory (cats_vs_dogs at 160 px is 1.8 GB decoded).
+With `data.stream`, a TFDS dataset is read from its ArrayRecord files (`tfds.data_source`), each
+batch decoded and resized when it is needed, in threads or in worker processes, or gathered from
+its decoded cache (`npy_cache`), so a split never has to fit in host memory (cats_vs_dogs at
+160 px is 1.8 GB decoded).
 
-Order. Process p of P reads only its own shard, every P-th example (`[p::P]`), shuffles it with
-grain's index shuffle (a new order each epoch, from (seed, epoch)) and cuts it into batches of B/P.
-Batch k of the stream is a pure function of (seed, k), so a run resumed at step s starts the
-stream at `[s:]` and sees exactly the batches an uninterrupted run would; no iterator state needs
-saving. Batches run across epoch boundaries (the stream is one endless shuffled sequence).
+Order. grain shuffles the example indices anew each epoch, from the seed alone, and cuts the
+endless shuffled sequence into batches of B (batches run across epoch boundaries). Batch k is a
+pure function of (seed, k): a run resumed at step s starts the stream at `[s:]` and sees exactly
+the batches an uninterrupted run would, with no iterator state to save, on any number of
+processes. Each process reads only its own rows of each batch.
 """
 
 import dataclasses
 import os
 import signal
-import uuid
 from typing import Iterator
 
 import grain
@@ -72,38 +72,6 @@ class ArraySource:
     return {'image': self.split.images[indices], 'label': self.split.labels[indices]}
 
 
-class NpySource:
-  """Decoded images in a .npy file, memory-mapped: random access without reading the whole file.
-
-  Only the paths are pickled, so worker processes map the file themselves instead of receiving a
-  copy of it.
-  """
-  skipped = ()
-
-  def __init__(self, images_path: str, labels: np.ndarray):
-    self.images_path, self.labels = images_path, labels
-    self._images = None
-
-  def __getstate__(self):
-    return {'images_path': self.images_path, 'labels': self.labels, '_images': None}
-
-  @property
-  def images(self) -> np.ndarray:
-    if self._images is None:
-      self._images = np.load(self.images_path, mmap_mode='r')
-    return self._images
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def __getitem__(self, index: int) -> dict:
-    return {'image': np.asarray(self.images[index]), 'label': self.labels[index]}
-
-  def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """The examples at `indices` as one batch, read from the memory map (decoded and sized)."""
-    return {'image': self.images[indices], 'label': self.labels[indices]}
-
-
 @dataclasses.dataclass(frozen=True)
 class ReadBatch:
   """Reads the examples at a batch of indices: {'image': [b, H, W, C], 'label': int32 [b]}.
@@ -132,9 +100,26 @@ class ReadBatch:
 
 
 def _read_options(threads: int, prefetch: int) -> grain.ReadOptions:
-  threads = threads or os.cpu_count()
   # A buffer smaller than the thread count would leave threads idle.
   return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(prefetch, threads))
+
+
+def _shuffle_seed(seed: int) -> int:
+  """grain's shuffle seed for `seed`. grain shuffles epoch e with (seed + e), so seeds 0 and 1
+  used as they are would share all but one epoch's order; a hash keeps runs of nearby seeds
+  independent."""
+  return int(np.random.SeedSequence(seed % 2**64).generate_state(1)[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class TakeRows:
+  """Process p of P's rows of a global batch of indices: rows p·B/P to (p+1)·B/P."""
+  index: int
+  count: int
+
+  def __call__(self, indices: np.ndarray) -> np.ndarray:
+    rows = len(indices) // self.count
+    return indices[self.index * rows:(self.index + 1) * rows]
 
 
 def _shard_indices(count: int, shard: tuple[int, int]) -> grain.MapDataset:
@@ -150,53 +135,27 @@ def read_all(source, prepare: PrepareExample, threads: int = 0,
   indices = indices if indices is not None else range(len(source))
   dataset = grain.MapDataset.range(indices.start, indices.stop, indices.step)
   dataset = dataset.batch(_READ_BATCH).map(ReadBatch(source, prepare))
-  yield from dataset.to_iter_dataset(_read_options(threads, 2 * (threads or os.cpu_count() or 1)))
+  threads = threads or os.cpu_count()
+  yield from dataset.to_iter_dataset(_read_options(threads, 2 * threads))
 
 
 def fit_normalizer(source, prepare: PrepareExample, max_value: float,
                    threads: int = 0) -> Normalizer:
-  """Fits the input normalisation on the same examples `Normalizer.fit` takes from a whole split
-  in memory (every ⌈N/10,000⌉-th), so streaming and in-memory runs normalise identically."""
+  """Fits the input normalisation on the examples `Normalizer.fit` takes from a whole split in
+  memory (every ⌈N/10,000⌉-th), so streaming and in-memory runs normalise alike; the sample is
+  read batch by batch, never held whole."""
   rows = range(0, len(source), Normalizer.sample_stride(len(source)))
-  sample = np.concatenate([batch['image'] for batch in read_all(source, prepare, threads, rows)])
-  return Normalizer.fit(sample, max_value)
-
-
-def write_npy_cache(source, prepare: PrepareExample, directory: str, name: str,
-                    threads: int = 0) -> NpySource:
-  """Decodes and resizes every example of `source` once into DIRECTORY/NAME.npy (memory-mapped
-  afterwards) and returns the cached split; an existing cache is used as it is.
-
-  The file appears under its final name only when complete (written aside, then renamed), so a
-  killed run never leaves a half-written cache that a later run would trust.
-  """
-  images_path = os.path.join(directory, f'{name}.images.npy')
-  labels_path = os.path.join(directory, f'{name}.labels.npy')
-  if os.path.exists(images_path) and os.path.exists(labels_path):
-    return NpySource(images_path, np.load(labels_path))
-  os.makedirs(directory, exist_ok=True)
-  shape = prepare(source[0])['image'].shape
-  # Unique names: the processes of a multi-host run may write the same cache at the same time.
-  partial = f'{images_path}.{uuid.uuid4().hex[:12]}.partial'
-  images = np.lib.format.open_memmap(partial + '.npy', mode='w+', dtype=np.uint8,
-                                     shape=(len(source), *shape))
-  labels = np.empty(len(source), np.int32)
-  start = 0
-  for batch in read_all(source, prepare, threads):
-    images[start:start + len(batch['label'])] = batch['image']
-    labels[start:start + len(batch['label'])] = batch['label']
-    start += len(batch['label'])
-  images.flush()
-  del images
-  np.save(partial + '.labels.npy', labels)
-  os.replace(partial + '.labels.npy', labels_path)
-  os.replace(partial + '.npy', images_path)  # Last: the images' name marks a complete cache.
-  return NpySource(images_path, labels)
+  return Normalizer.fit_batches((batch['image'] for batch in read_all(source, prepare, threads,
+                                                                       rows)), max_value)
 
 
 def _iterate(dataset: grain.MapDataset, threads: int, worker_processes: int,
              prefetch: int) -> Iterator:
-  """Iterates `dataset` with threads, and in worker processes if asked; closes them at the end."""
+  """Iterates `dataset` with threads, and in worker processes if asked; closes them at the end.
+
+  threads 0 means one per CPU core in this process, or one per worker process.
+  """
+  threads = threads or (1 if worker_processes else os.cpu_count())
   iterable = dataset.to_iter_dataset(_read_options(threads, prefetch))
   if worker_processes:
     _let_grain_read_its_flags()
@@ -220,8 +179,9 @@ def _ignore_interrupts(worker_index: int, worker_count: int) -> None:
 
 
 def _let_grain_read_its_flags() -> None:
-  # grain's worker processes read absl flags of their own; outside an absl app (a notebook, a
-  # test) nothing has parsed them, and reading one would raise. Their defaults are what we want.
+  # grain reads its absl flags when it starts worker processes (and passes them on to them);
+  # outside an absl app (a notebook, a test) nothing has parsed them, and reading one would
+  # raise. Their defaults are what we want.
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
@@ -233,24 +193,30 @@ def train_batches(source, prepare: PrepareExample, normalizer: Normalizer, batch
                   prefetch: int = 4) -> Iterator[dict[str, np.ndarray]]:
   """Yields this process's rows of training batches start_step, start_step + 1, ... without end.
 
+  Batch k is the k-th slice of B indices of one endless sequence: every epoch a new shuffle of
+  all N examples, drawn from the seed alone. Process p reads, decodes and normalises only its
+  rows of each batch, so the global batches are the same for any number of processes.
+
   Args:
     source: random-access examples ({'image', 'label'} dicts), e.g. a `tfds.data_source`.
     prepare: the per-example decode/resize step.
     normalizer: maps raw pixels to model inputs (applied to whole batches, where they are read).
-    batch_size: the global batch; this process yields batch_size / shard count rows.
+    batch_size: the global batch; this process yields batch_size / process count rows.
     seed: the shuffle seed.
     start_step: the first batch to yield (a resumed run's step).
     shard: (this process's index, number of processes).
-    threads: decoding threads in this process; 0 = one per CPU core.
-    worker_processes: decode in this many separate processes instead (grain's mp_prefetch).
-    prefetch: batches prepared ahead, per worker.
+    threads: reading threads (per worker process, with worker_processes); 0 = one per CPU core,
+      or one per worker process.
+    worker_processes: read in this many separate processes (grain's mp_prefetch).
+    prefetch: batches read ahead (at least one per thread), per worker process.
 
   Yields:
     {'image': float32 [B/P, H, W, C], 'label': int32 [B/P]}.
   """
-  dataset = (_shard_indices(len(source), shard)
-             .shuffle(seed=seed % 2**32).repeat()  # A different shuffle for every epoch.
-             .batch(batch_size // shard[1], drop_remainder=True)
+  dataset = (grain.MapDataset.range(len(source))
+             .shuffle(seed=_shuffle_seed(seed)).repeat()  # A different shuffle for every epoch.
+             .batch(batch_size, drop_remainder=True)
+             .map(TakeRows(*shard))
              .map(ReadBatch(source, prepare, normalizer)))
   yield from _iterate(dataset[start_step:], threads, worker_processes, prefetch)
 
