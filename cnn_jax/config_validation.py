@@ -82,7 +82,7 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   if d.stream is True and d.on_device:
     p.append('config.data.stream=True reads batches as training goes, and config.data.on_device='
              'True holds the whole split on the device: choose one')
-  if d.worker_processes and d.stream is not True:
+  if isinstance(d.worker_processes, int) and d.worker_processes > 0 and d.stream is not True:
     p.append(f'config.data.worker_processes={d.worker_processes} decodes streamed batches: also '
              'set config.data.stream=True')
   if d.name == 'csv' and not d.csv:
