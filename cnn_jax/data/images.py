@@ -59,18 +59,20 @@ def load_resized(path: str, size: int, channels: int, resize: str = 'squash') ->
   """
   image = _decode(path, channels, draft_size=size)
   if resize == 'crop':
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
+    top, left, side = _center_square(image.height, image.width)
     image = image.crop((left, top, left + side, top + side))
   return _to_array(image.resize((size, size), Image.BILINEAR), channels)
 
 
+def _center_square(height: int, width: int) -> tuple[int, int, int]:
+  """(top, left, side) of the centre square of a height × width image: what 'crop' keeps."""
+  side = min(height, width)
+  return (height - side) // 2, (width - side) // 2, side
+
+
 def crop_center_square(image: np.ndarray) -> np.ndarray:
   """Returns the centre square of a [H, W, C] image (side min(H, W)), as 'crop' resizing keeps."""
-  height, width = image.shape[:2]
-  side = min(height, width)
-  top, left = (height - side) // 2, (width - side) // 2
+  top, left, side = _center_square(*image.shape[:2])
   return image[top:top + side, left:left + side]
 
 

@@ -57,7 +57,7 @@ def _photo_jpegs(count: int, rng) -> list[tuple[bytes, int]]:
   return examples
 
 
-def prepare(data_dir: str, name: str, count: int) -> None:
+def prepare_dataset(data_dir: str, name: str, count: int) -> None:
   """Writes TFDS dataset `name` (one 'train' split of `count` images) into data_dir, if absent."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if os.path.isdir(os.path.join(data_dir, name, '1.0.0')):
@@ -142,7 +142,7 @@ def main() -> None:
   flags.FLAGS.mark_as_parsed()  # grain reads absl flags; their defaults are wanted here.
   results = {}
   for name in DATASETS:
-    prepare(args.data_dir, name, args.examples)
+    prepare_dataset(args.data_dir, name, args.examples)
     results[name] = measure(args.data_dir, name, args.batch_size, args.batches,
                             args.worker_processes)
   if args.json:
