@@ -8,8 +8,9 @@ the batches are random images of the config's shape, so any config can be measur
 `--data real` they come from the dataset, and host-side batch assembly is timed on its own too.
 
 `--against torch` also times a plain PyTorch version of the model on the same batches (see
-`cnn_jax.torch_reference`) and prints cnn_jax / PyTorch ratios. `--target_accuracy` trains on the
-config's real dataset until the eval accuracy reaches it (see `cnn_jax.time_to_accuracy`).
+`cnn_jax.benchmarks.torch_reference`) and prints cnn_jax / PyTorch ratios. `--target_accuracy`
+trains on the config's real dataset until the eval accuracy reaches it (see
+`cnn_jax.benchmarks.time_to_accuracy`).
 """
 
 import json
@@ -21,8 +22,11 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from cnn_jax import cli, cpu_kernels
-from cnn_jax.augment import Augmentation
+from cnn_jax import cli, data, models
+from cnn_jax.benchmarks import time_to_accuracy, torch_reference
+from cnn_jax.training import cpu_kernels, setup, steps
+from cnn_jax.training.augment import Augmentation
+from cnn_jax.training.validation import validate_config
 
 
 
@@ -55,10 +59,8 @@ def _timed(fn, *args) -> tuple[float, object]:
 def host_batches(config, num_steps: int, real_data: bool
                  ) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
   """Returns the host batches to time and, for real data, the input pipeline's images/s."""
-  from cnn_jax import data, train  # pylint: disable=g-import-not-at-top
-  from cnn_jax.config_validation import validate_config  # pylint: disable=g-import-not-at-top
   validate_config(config)  # Before any data is loaded.
-  spec = train.data_spec(config)
+  spec = setup.data_spec(config)
   info = data.describe_dataset(spec)
   size = config.batch_size
   results = {}
@@ -85,7 +87,6 @@ def _streamed_batches(config, spec, num_steps: int) -> tuple[list, dict[str, flo
   """Draws `num_steps` batches from the config's stream (data.stream=True), timing the input alone:
   opening the splits (fitting the normalisation; writing the decoded cache on first use), the
   first batch (worker start-up), then the steady rate."""
-  from cnn_jax import data  # pylint: disable=g-import-not-at-top
   d = config.data
   start = time.perf_counter()
   dataset = data.stream_dataset(spec, d.train_split, d.eval_split)
@@ -110,16 +111,11 @@ def measure(config, num_steps: int, warmup: int, real_data: bool,
 
   `inputs`: `host_batches(config, num_steps, real_data)`, when another measurement shares them.
   """
-  from cnn_jax import data, models, optim, steps, train  # pylint: disable=g-import-not-at-top
-  from cnn_jax.config_validation import validate_config  # pylint: disable=g-import-not-at-top
   validate_config(config)
-  info = data.describe_dataset(train.data_spec(config))
-  model = train.build_model(config, info.num_classes)
+  info = data.describe_dataset(setup.data_spec(config))
+  model = setup.build_model(config, info.num_classes)
   models.check_fits(model, info.image_shape)
-  opt = config.optimizer
-  tx = optim.create_optimizer(opt.name, optim.create_schedule(opt.schedule, opt.learning_rate,
-                                                               num_steps + warmup),
-                              opt.momentum, opt.nesterov, opt.weight_decay, opt.grad_clip_norm)
+  tx, _ = setup.build_optimizer(config, num_steps + warmup)
   state = steps.create_train_state(model, tx, jax.random.key(config.seed), info.image_shape)
   size, eval_size = config.batch_size, config.eval_batch_size
   host, input_results = inputs or host_batches(config, num_steps, real_data)
@@ -161,7 +157,6 @@ def compare_with_torch(config, num_steps: int, warmup: int, inputs: tuple[list, 
                        results: dict[str, float]) -> dict[str, float]:
   """Returns the PyTorch reference's figures on the same host batches (keys prefixed 'torch_')
   and the ratios 'train_ratio' and 'eval_ratio' of cnn_jax's images/s to PyTorch's."""
-  from cnn_jax import torch_reference  # pylint: disable=g-import-not-at-top
   measured = torch_reference.measure_torch(config, num_steps, warmup, inputs[0])
   return {**{f'torch_{k}': v for k, v in measured.items()},
           **{f'{k}_ratio': results[f'{k}_images_per_s'] / measured[f'{k}_images_per_s']
@@ -171,9 +166,7 @@ def compare_with_torch(config, num_steps: int, warmup: int, inputs: tuple[list, 
 def time_to_target(config, target: float, max_epochs: int, against_torch: bool) -> dict:
   """Returns seconds, epochs and accuracy to reach `target` for cnn_jax (and for PyTorch, with
   keys prefixed 'torch_') on the config's real dataset, loaded once for both."""
-  # pylint: disable=g-import-not-at-top
-  from cnn_jax import data, time_to_accuracy, torch_reference, train
-  dataset = data.load_dataset(train.data_spec(config), config.data.train_split,
+  dataset = data.load_dataset(setup.data_spec(config), config.data.train_split,
                               config.data.eval_split)
   runs = {'': time_to_accuracy.time_to_accuracy(config, dataset, target, max_epochs)}
   if against_torch:
@@ -210,8 +203,7 @@ def _print_time_to_target(results: dict, eval_split: str, max_epochs: int) -> No
 def main(argv: list[str]) -> None:
   del argv
   args = flags.FLAGS
-  from cnn_jax import torch_reference  # pylint: disable=g-import-not-at-top
-  config = cli.load_config()
+  config = cli.parsed_config()
   against_torch = args.against == 'torch'
   if against_torch:  # Fail now, not after the cnn_jax measurement: no torch, or not a ConvNet.
     torch_reference.check_config(config)

@@ -31,11 +31,21 @@ def _exit_with(message: str) -> None:
   sys.exit(EXIT_USER_ERROR)
 
 
+def _without_traceback(message: str) -> str:
+  """A flag error's text with an embedded traceback (a config file's get_config raised) cut down
+  to the exception's own line."""
+  before, traceback, after = message.partition('Traceback (most recent call last):')
+  if not traceback:
+    return message
+  lines = [line for line in after.splitlines() if line.strip()]
+  return before.strip() + ' ' + (lines[-1].strip() if lines else '')
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _exit_with(f'{e}\nPass --helpfull to see every flag.')
+    _exit_with(f'{_without_traceback(str(e))}\nPass --helpfull to see every flag.')
   except (AttributeError, KeyError) as e:  # An override names a key the config does not have.
     text = _innermost_message(e)
     bad = re.match(r"'([^']+)'", text)
@@ -48,7 +58,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return []  # Not reached: _exit_with exits.
 
 
-def load_config(flag_name: str = 'config') -> ml_collections.ConfigDict:
+def parsed_config(flag_name: str = 'config') -> ml_collections.ConfigDict:
   """Returns the parsed `--config` value, or exits with a message if it could not be loaded."""
   try:
     path = config_flags.get_config_filename(flags.FLAGS[flag_name])

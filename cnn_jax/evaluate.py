@@ -8,11 +8,11 @@ import json
 import os
 import re
 
-import numpy as np
 from absl import flags
 
 from cnn_jax import cli
 from cnn_jax.errors import UserError
+from cnn_jax.training import inference
 
 
 
@@ -23,52 +23,6 @@ def define_flags() -> None:
   flags.DEFINE_string('split', None, "Split to evaluate; default: the run's eval_split.")
   flags.DEFINE_integer('batch_size', None, "Default: the run's eval_batch_size.", lower_bound=1)
   flags.mark_flag_as_required('workdir')
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
-  """Returns counts [K, K]: row = true class, column = predicted class."""
-  matrix = np.zeros((num_classes, num_classes), np.int64)
-  np.add.at(matrix, (labels, predictions), 1)
-  return matrix
-
-
-def predict_split(trained, split: str, batch_size: int | None = None):
-  """Returns (examples, logits [N, K]) of `trained` on every example of `split`, in order."""
-  from cnn_jax import data, inference, train  # pylint: disable=g-import-not-at-top
-  examples = data.load_split(train.data_spec(trained.config), split)
-  batches = data.eval_batches(examples, trained.normalizer,
-                              batch_size or trained.config.eval_batch_size)
-  return examples, inference.batched_logits(trained, batches)
-
-
-def build_report(trained, split: str, labels: np.ndarray, logits: np.ndarray) -> dict:
-  """Returns accuracy, mean loss, count, per-class accuracy and the confusion matrix as a dict."""
-  from cnn_jax import steps  # pylint: disable=g-import-not-at-top
-  predictions = logits.argmax(axis=-1)
-  losses = np.asarray(steps.cross_entropy(logits, labels))
-  matrix = confusion_matrix(labels, predictions, trained.info.num_classes)
-  per_class = {
-      name: {'accuracy': float(matrix[k, k] / matrix[k].sum()) if matrix[k].sum() else None,
-             'correct': int(matrix[k, k]), 'count': int(matrix[k].sum())}
-      for k, name in enumerate(trained.info.class_names)}
-  return {'workdir': os.path.abspath(trained.workdir), 'checkpoint_step': trained.step,
-          'split': split, 'count': int(len(labels)),
-          'accuracy': float(np.mean(predictions == labels)), 'loss': float(np.mean(losses)),
-          'class_names': list(trained.info.class_names), 'per_class': per_class,
-          'confusion_matrix': matrix.tolist()}
-
-
-def evaluate_workdir(workdir: str, which: str = 'latest', split: str | None = None,
-                     batch_size: int | None = None) -> dict:
-  """Evaluates checkpoint `which` of `workdir` on `split`; returns the report as a dict.
-
-  The report holds accuracy, mean loss, count, per-class accuracy and the confusion matrix.
-  """
-  from cnn_jax import inference  # pylint: disable=g-import-not-at-top
-  trained = inference.load_trained(workdir, which)
-  split = split or trained.config.data.eval_split
-  examples, logits = predict_split(trained, split, batch_size)
-  return build_report(trained, split, examples.labels, logits)
 
 
 def format_report(report: dict) -> str:
@@ -107,7 +61,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}")
   args = flags.FLAGS
-  report = evaluate_workdir(args.workdir, args.checkpoint, args.split, args.batch_size)
+  report = inference.evaluate_workdir(args.workdir, args.checkpoint, args.split, args.batch_size)
   print(format_report(report))
   print(f'\nwritten to {write_report(report, args.workdir)}')
 

@@ -11,6 +11,8 @@ from ml_collections import config_flags
 
 from cnn_jax import cli
 from cnn_jax.errors import UserError
+from cnn_jax.runtime import distributed, signals
+from cnn_jax.training import train
 
 
 
@@ -30,9 +32,7 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise UserError(f'unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE')
-  config = cli.load_config()
-  # Imported after flag parsing so that `--help` and flag errors answer without loading JAX.
-  from cnn_jax import distributed, signals, train  # pylint: disable=g-import-not-at-top
+  config = cli.parsed_config()
   args = flags.FLAGS
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   try:

@@ -15,10 +15,10 @@ import os
 import numpy as np
 from absl import flags
 
-from cnn_jax import cli
+from cnn_jax import cli, data
+from cnn_jax.data.images import image_files
 from cnn_jax.errors import UserError
-
-FILE_PIXEL_MAX = 255.0  # Image files hold 8-bit pixels, whatever the training data's range was.
+from cnn_jax.training import inference
 
 
 def define_flags() -> None:
@@ -48,13 +48,10 @@ def expand_paths(paths: list[str]) -> list[str]:
   Raises:
     UserError: a path does not exist.
   """
-  from cnn_jax.data.images import IMAGE_EXTENSIONS  # pylint: disable=g-import-not-at-top
   files = []
   for path in paths:
     if os.path.isdir(path):
-      found = sorted(os.path.join(root, name) for root, _, names in os.walk(path)
-                     for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
-      files.extend(found)
+      files.extend(image_files(path))
     elif os.path.exists(path):
       files.append(path)
     else:
@@ -62,43 +59,20 @@ def expand_paths(paths: list[str]) -> list[str]:
   return files
 
 
-def decode_for_model(trained, files: list[str],
-                     progress: bool = False) -> tuple[list, dict[str, str]]:
-  """Returns (arrays, {file: reason}): each file decoded and resized as its training data was."""
-  from cnn_jax.data import image_folder, images  # pylint: disable=g-import-not-at-top
-  height, width, channels = trained.info.image_shape
-  if height == width:  # The image-folder decoder: same resize mode, threads, progress bar.
-    resize = trained.config.data.get('resize', 'squash')
-    arrays, skipped = image_folder.decode_files(files, height, channels, resize,
-                                                os.cpu_count() or 1, progress)
-    return arrays, dict(skipped)
-  arrays, errors = [], {}
-  for path in files:
-    try:
-      arrays.append(images.resize_image(images.read_image(path, channels), (height, width)))
-    except (images.UnreadableImage, OSError) as e:
-      arrays.append(None)
-      errors[path] = str(e)
-  return arrays, errors
-
-
 def predict_files(trained, files: list[str], top_k: int = 3, batch_size: int = 64,
                   progress: bool = False) -> list[Prediction]:
   """Predicts every readable file of `files` with `trained`; unreadable ones carry an error."""
-  from cnn_jax import data, inference  # pylint: disable=g-import-not-at-top
-  arrays, errors = decode_for_model(trained, files, progress)
+  arrays, errors = inference.decode_files(trained, files, progress)
   results = [Prediction(path, error=errors.get(path)) for path in files]
   readable = [r for r, array in zip(results, arrays) if array is not None]
   if readable:
-    # Files are 0–255; the normalizer's statistics are of pixels scaled to [0, 1], so only the
-    # scale changes, not the statistics (digits' raw 0–16 and a PNG's 0–255 both map to [0, 1]).
-    normalizer = dataclasses.replace(trained.normalizer, max_value=FILE_PIXEL_MAX)
+    normalizer = inference.file_normalizer(trained)
     pixels = np.stack([array for array in arrays if array is not None])
     split = data.Split(pixels, np.zeros(len(pixels), np.int32))
     logits = inference.batched_logits(trained, data.eval_batches(split, normalizer, batch_size),
                                       -(-len(pixels) // batch_size), progress)
     names = trained.info.class_names
-    for result, probs in zip(readable, _softmax(logits)):
+    for result, probs in zip(readable, inference.softmax(logits)):
       order = np.argsort(-probs, kind='stable')[:top_k]
       result.top_k = [(names[k], float(probs[k])) for k in order]
       result.probabilities = probs
@@ -137,11 +111,6 @@ def display_names(arguments: list[str], files: list[str]) -> list[str]:
   return names
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-  shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-  return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
 def format_prediction(p: Prediction) -> str:
   """One line per file: 'file: class (p%)  other q%  ...' or 'file: error: ...'."""
   if p.error:
@@ -152,7 +121,6 @@ def format_prediction(p: Prediction) -> str:
 
 
 def main(argv: list[str]) -> None:
-  from cnn_jax import inference  # pylint: disable=g-import-not-at-top
   args = flags.FLAGS
   files = expand_paths(argv[1:])
   if not files:

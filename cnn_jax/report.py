@@ -6,17 +6,21 @@ for one image, and the most confidently wrong examples, with the config, the mod
 the final metrics. Everything comes from the workdir; no display is needed.
 """
 
-import dataclasses
 import html
 import json
 import os
 import shutil
 
+import flax.linen as nn
 import numpy as np
 from absl import flags
 
 from cnn_jax import cli
 from cnn_jax.errors import UserError
+from cnn_jax.models import layers, summary
+from cnn_jax.runtime.writers import read_metrics
+from cnn_jax.sweeps.leaderboard import SWEEP_FILE
+from cnn_jax.training import inference
 
 MAX_FEATURE_LAYERS = 12  # Rows of the feature-map figure; a ResNet has dozens of layers.
 NUM_MISTAKES = 12
@@ -34,19 +38,17 @@ def define_flags() -> None:
 
 def _capture(trained, image: np.ndarray, layer_names: list[str]) -> list[tuple[str, np.ndarray]]:
   """Returns (name, activations [H, W, C]) of the named layers for one normalised image."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from cnn_jax.models import layers  # pylint: disable=g-import-not-at-top
   kinds = (nn.Conv, layers.Conv, layers.Pool)
   wanted = lambda module, method: method == '__call__' and isinstance(module, kinds)
   _, state = trained.model.apply(trained.variables, image[None], train=False,
                                  capture_intermediates=wanted, mutable=['intermediates'])
-  layers = []
+  captured = []
   for name in layer_names:
     node = state['intermediates']
     for part in name.split('/'):
       node = node[part]
-    layers.append((name, np.asarray(node['__call__'][0][0])))
-  return layers
+    captured.append((name, np.asarray(node['__call__'][0][0])))
+  return captured
 
 
 def _feature_map_input(trained, examples, image_path: str | None):
@@ -54,17 +56,14 @@ def _feature_map_input(trained, examples, image_path: str | None):
   if image_path is None:
     raw = examples.images[0]
     return raw, trained.normalizer(raw)
-  from cnn_jax import predict  # pylint: disable=g-import-not-at-top
-  arrays, errors = predict.decode_for_model(trained, [image_path])
+  arrays, errors = inference.decode_files(trained, [image_path])
   if arrays[0] is None:
     raise UserError(f'--image {image_path!r}: {errors.get(image_path)}')
-  normalizer = dataclasses.replace(trained.normalizer, max_value=predict.FILE_PIXEL_MAX)
-  return arrays[0], normalizer(arrays[0])
+  return arrays[0], inference.file_normalizer(trained)(arrays[0])
 
 
 def _mistake_panels(examples, logits: np.ndarray, class_names) -> tuple[np.ndarray, list[str]]:
-  probabilities = np.exp(logits - logits.max(-1, keepdims=True))
-  probabilities /= probabilities.sum(-1, keepdims=True)
+  probabilities = inference.softmax(logits)
   predicted = probabilities.argmax(-1)
   wrong = np.flatnonzero(predicted != examples.labels)
   worst = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind='stable')][:NUM_MISTAKES]
@@ -75,7 +74,6 @@ def _mistake_panels(examples, logits: np.ndarray, class_names) -> tuple[np.ndarr
 
 def build_sweep_report(workdir: str) -> str:
   """For a sweep's workdir: the leaderboard and the metric against each swept value."""
-  from cnn_jax import sweep  # pylint: disable=g-import-not-at-top
   table, plot = os.path.join(workdir, 'leaderboard.md'), os.path.join(workdir, 'sweep.png')
   if not os.path.exists(table):
     raise UserError(f'{workdir} is a sweep without results yet; run its cnn_jax.sweep command '
@@ -91,7 +89,7 @@ def build_sweep_report(workdir: str) -> str:
     shutil.copy(plot, os.path.join(out, 'sweep.png'))
     figures_html = ('<h2>Best eval accuracy against each swept value</h2>'
                     '<img src="sweep.png" alt="metric against swept values">')
-  with open(os.path.join(workdir, sweep.SWEEP_FILE), encoding='utf-8') as f:
+  with open(os.path.join(workdir, SWEEP_FILE), encoding='utf-8') as f:
     definition = json.load(f)
   index = os.path.join(out, 'index.html')
   with open(index, 'w', encoding='utf-8') as f:
@@ -116,11 +114,9 @@ def build_report(workdir: str, which: str = 'latest', image_path: str | None = N
 
   A sweep's workdir gets the sweep's report instead (see `build_sweep_report`).
   """
-  from cnn_jax import sweep  # pylint: disable=g-import-not-at-top
-  if os.path.exists(os.path.join(workdir, sweep.SWEEP_FILE)):
+  if os.path.exists(os.path.join(workdir, SWEEP_FILE)):
     return build_sweep_report(workdir)
-  from cnn_jax import evaluate, figures, inference, summary  # pylint: disable=g-import-not-at-top
-  from cnn_jax.metric_writers import read_metrics  # pylint: disable=g-import-not-at-top
+  from cnn_jax.reporting import figures  # pylint: disable=g-import-not-at-top  # matplotlib
   trained = inference.load_trained(workdir, which)
   split = split or trained.config.data.eval_split
   out = os.path.join(workdir, 'report')
@@ -128,8 +124,8 @@ def build_report(workdir: str, which: str = 'latest', image_path: str | None = N
   path = lambda name: os.path.join(out, name)
 
   records = read_metrics(workdir)
-  examples, logits = evaluate.predict_split(trained, split)
-  metrics = evaluate.build_report(trained, split, examples.labels, logits)
+  examples, logits = inference.split_logits(trained, split)
+  metrics = inference.evaluation_report(trained, split, examples.labels, logits)
   rows = summary.summarize(trained.model, trained.info.image_shape, trained.variables)
   first_conv = next(r for r in rows if r.kind == 'Conv')
   kernel = trained.variables['params']

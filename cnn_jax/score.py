@@ -11,7 +11,7 @@ import os
 from absl import flags
 
 from cnn_jax import cli
-from cnn_jax.data.csv_labels import FILE_COLUMNS, LABEL_COLUMNS
+from cnn_jax.data.csv_labels import FILE_COLUMNS, LABEL_COLUMNS, pick_column
 from cnn_jax.errors import UserError
 
 
@@ -30,19 +30,17 @@ def _key(name: str) -> str:
   return os.path.splitext(os.path.basename(name.strip()))[0]
 
 
-def _read(path: str, file_column: str, label_column: str, file_names, label_names) -> dict:
+def _read(path: str, file_column: str, label_column: str, file_names, label_names,
+          options: tuple[str, str] = ('--file_column', '--label_column')) -> dict:
+  """{file name without directory or extension: label} of the CSV at `path`; `options` name the
+  settings that choose its columns, for the messages."""
   if not os.path.isfile(path):
     raise UserError(f'{path!r} is not a file.')
   with open(path, newline='', encoding='utf-8-sig') as f:
     reader = csv.DictReader(f)
     header = reader.fieldnames or []
-    def column(given, candidates, what):
-      found = given or next((h for h in header if h.strip().lower() in candidates), None)
-      if found not in header:
-        raise UserError(f'{path} has no {what} column (columns: {header}).')
-      return found
-    file_col = column(file_column, file_names, 'file')
-    label_col = column(label_column, label_names, 'label')
+    file_col = pick_column(file_column, file_names, header, 'file', path, options[0])
+    label_col = pick_column(label_column, label_names, header, 'label', path, options[1])
     return {_key(row[file_col]): (row[label_col] or '').strip() for row in reader}
 
 
@@ -53,7 +51,8 @@ def score(predictions_csv: str, labels_csv: str, file_column: str = '',
   accuracy = correct / number of labelled files: a file without a prediction, or whose prediction
   failed, counts as wrong, as it would on a leaderboard.
   """
-  predicted = _read(predictions_csv, 'file', 'prediction', ('file',), ('prediction',))
+  predicted = _read(predictions_csv, 'file', 'prediction', ('file',), ('prediction',),
+                    ('a CSV written by cnn_jax.predict --csv',) * 2)
   truth = _read(labels_csv, file_column, label_column, FILE_COLUMNS, LABEL_COLUMNS)
   if not truth:
     raise UserError(f'{labels_csv} has no rows.')

@@ -34,10 +34,4 @@ def get_config(arg: str | None = None):
   config.batch_size = 64
   config.num_epochs = 20.0
   config.log_every_steps = 50
-  if arg == 'small':
-    config.data.train_split = 'train[:1%]'
-    config.data.eval_split = 'train[99%:]'
-    config.data.image_size = 64
-    config.num_epochs = 1.0
-    config.log_every_steps = 2
-  return config
+  return default.variant(config, arg, small=default.SMALL_PHOTOS)

@@ -7,6 +7,35 @@ line, e.g. `--config.optimizer.learning_rate=3e-3`; a misspelled key is an error
 import ml_collections
 from ml_collections import config_dict
 
+VARIANTS = ('small',)  # What may follow the config path after a colon: `configs/mnist.py:small`.
+# `:small` of a TFDS dataset with a 'train' and a 'test' split: 2% of the one, 10% of the other.
+SMALL_SPLITS = {'data.train_split': 'train[:2%]', 'data.eval_split': 'test[:10%]',
+                'num_epochs': 1.0, 'log_every_steps': 5}
+# `:small` of a photo dataset with one 'train' split: 1% to train, another 1% held out, 64 px.
+SMALL_PHOTOS = {'data.train_split': 'train[:1%]', 'data.eval_split': 'train[99%:]',
+                'data.image_size': 64, 'num_epochs': 1.0, 'log_every_steps': 2}
+
+
+def variant(config: ml_collections.ConfigDict, arg: str | None,
+            small: dict) -> ml_collections.ConfigDict:
+  """Returns `config` as the variant `arg` asks for: None, the config itself; 'small', with the
+  `small` settings ({'dotted.key': value}) applied, for a quick end-to-end check.
+
+  Raises:
+    ValueError: another argument (the command line reports it as a config that cannot load).
+  """
+  if arg is None:
+    return config
+  if arg not in VARIANTS:
+    raise ValueError(f'unknown config variant {arg!r}; the variants are: {", ".join(VARIANTS)}')
+  for key, value in small.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
 
 def get_config():
   """Returns the default config: a small ConvNet on the offline digits data."""
@@ -97,7 +126,7 @@ def get_config():
   # textbook conv → bias → activation → max pool for monotone activations, with less work.
   config.pool_first = True
 
-  # ---- population: several models trained at once in one program (cnn_jax/population.py) --------
+  # ---- population: several models trained at once in one program (training/population.py) ------
   # Members share every batch and differ in the values listed below; each list has one value per
   # member, or is () to give every member the value set above. Each member is written as an
   # ordinary run in WORKDIR/member_XX, which evaluate, predict and report accept.

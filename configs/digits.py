@@ -24,6 +24,4 @@ def get_config(arg: str | None = None):
   config.num_epochs = 45.0
   config.log_every_steps = 20
   config.eval_every_steps = 220  # About every 10 epochs.
-  if arg == 'small':
-    config.num_epochs = 2.0
-  return config
+  return default.variant(config, arg, small={'num_epochs': 2.0})

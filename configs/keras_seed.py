@@ -35,10 +35,4 @@ def get_config(arg: str | None = None):
   config.eval_batch_size = 128
   config.num_epochs = 5.0
   config.log_every_steps = 10
-  if arg == 'small':
-    config.data.train_split = 'train[:1%]'
-    config.data.eval_split = 'train[99%:]'
-    config.data.image_size = 64
-    config.num_epochs = 1.0
-    config.log_every_steps = 1
-  return config
+  return default.variant(config, arg, small={**default.SMALL_PHOTOS, 'log_every_steps': 1})

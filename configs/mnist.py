@@ -23,9 +23,4 @@ def get_config(arg: str | None = None):
   config.batch_size = 128
   config.num_epochs = 15.0  # The Keras example's length.
   config.log_every_steps = 100
-  if arg == 'small':
-    config.data.train_split = 'train[:2%]'
-    config.data.eval_split = 'test[:10%]'
-    config.num_epochs = 1.0
-    config.log_every_steps = 5
-  return config
+  return default.variant(config, arg, small=default.SMALL_SPLITS)

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax.augment import Augmentation, augment_batch, rotate
-from cnn_jax.config_validation import config_problems
+from cnn_jax.training.augment import Augmentation, augment_batch, rotate
+from cnn_jax.training.validation import config_problems
 from conftest import load_config
 
 

@@ -13,9 +13,10 @@ import numpy as np
 import optax
 import pytest
 
-from cnn_jax import checkpoint, models, steps, train
+from cnn_jax import models
+from cnn_jax.training import checkpoint, inference, steps, train
 from cnn_jax.errors import UserError
-from cnn_jax.metric_writers import read_metrics
+from cnn_jax.runtime.writers import read_metrics
 from conftest import REPO, load_config
 
 # A run long enough to be killed mid-way: 264 steps, checkpoints every 25, evals every 44.
@@ -198,7 +199,6 @@ def test_warm_start_through_the_config(tmp_path):
 
 
 def test_a_checkpoint_written_on_two_devices_restores_on_one(tmp_path):
-  from cnn_jax import evaluate  # pylint: disable=g-import-not-at-top
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
   result = subprocess.run(
       [sys.executable, '-m', 'cnn_jax.main', '--config', 'configs/digits.py', '--workdir',
@@ -207,7 +207,7 @@ def test_a_checkpoint_written_on_two_devices_restores_on_one(tmp_path):
   assert result.returncode == 0, result.stderr
   assert 'on 2 CPU device(s)' in result.stdout  # The batch really was split across two devices.
   assert jax.device_count() == 1
-  report = evaluate.evaluate_workdir(str(tmp_path))
+  report = inference.evaluate_workdir(str(tmp_path))
   final = [r for r in read_metrics(str(tmp_path)) if r['split'] == 'eval'][-1]
   assert report['accuracy'] == pytest.approx(final['accuracy'], abs=1e-9)
 

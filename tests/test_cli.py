@@ -47,3 +47,9 @@ def test_overrides_and_config_arguments_reach_the_run(tmp_path):
   assert 'Total params: 53,002' in result.stdout  # The model summary is printed first.
   config = (workdir / 'config.json').read_text()
   assert '"learning_rate": 0.003' in config and '"num_epochs": 2.0' in config
+
+
+def test_an_unknown_config_variant_is_named(tmp_path):
+  result = _main('--config', 'configs/mnist.py:smal', '--workdir', str(tmp_path))
+  assert result.returncode == 2 and "unknown config variant 'smal'" in result.stderr
+  assert 'small' in result.stderr and 'Traceback' not in result.stderr

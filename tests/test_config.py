@@ -3,8 +3,10 @@
 import pytest
 import tensorflow_datasets as tfds
 
-from cnn_jax import data, models, summary, train
-from cnn_jax.config_validation import config_problems, validate_config
+from cnn_jax import data, models
+from cnn_jax.models import summary
+from cnn_jax.training import setup
+from cnn_jax.training.validation import config_problems, validate_config
 from cnn_jax.errors import UserError
 from conftest import CONFIG_NAMES, load_config
 
@@ -19,16 +21,16 @@ def test_shipped_configs_are_valid_and_their_models_fit_their_images(name, arg):
     num_classes, image_shape = 10, (size, size, config.data.channels or 3)
   else:
     with tfds.testing.mock_data(num_examples=2):  # Only the metadata is read.
-      info = data.describe_dataset(train.data_spec(config))
+      info = data.describe_dataset(setup.data_spec(config))
     num_classes, image_shape = info.num_classes, info.image_shape
-  model = train.build_model(config, num_classes)
+  model = setup.build_model(config, num_classes)
   models.check_fits(model, image_shape)
   assert summary.summarize(model, image_shape)[-1].output_shape == (num_classes,)
 
 
 def test_keras_seed_is_the_articles_network():
   config = load_config('keras_seed')
-  model = train.build_model(config, 2)
+  model = setup.build_model(config, 2)
   rows = {r.name: r for r in summary.summarize(model, (300, 300, 3))}
   assert rows['conv_0'].output_shape == (296, 296, 10)  # (300 − 5 + 0)/1 + 1
   assert rows['pool_0'].output_shape == (148, 148, 10)
@@ -81,6 +83,19 @@ def test_a_kernel_too_large_for_the_image_is_a_user_error():
   config = load_config('digits')
   config.model.kernel_size = 9
   config.model.padding = 'VALID'
-  model = train.build_model(config, 10)
+  model = setup.build_model(config, 10)
   with pytest.raises(UserError, match=r'conv_0.*8×8.*\(W − F \+ 2P\)/S \+ 1'):
     models.check_fits(model, (8, 8, 1))
+
+
+@pytest.mark.parametrize('name', ['digits', 'mnist', 'fashion_mnist', 'cats_vs_dogs',
+                                  'keras_seed'])
+def test_small_variants_shorten_training_and_change_nothing_else(name):
+  full, small = load_config(name).to_dict(), load_config(name, 'small').to_dict()
+  assert small['num_epochs'] < full['num_epochs']
+  shrunk = {('data', 'train_split'), ('data', 'eval_split'), ('data', 'image_size'),
+            ('num_epochs',), ('log_every_steps',)}
+  for key in shrunk:
+    section_full, section_small = (full, small) if len(key) == 1 else (full[key[0]], small[key[0]])
+    section_full[key[-1]] = section_small[key[-1]]
+  assert full == small

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_jax import data, inference, predict, score, train
-from cnn_jax.data import csv_labels
+from cnn_jax import data, predict, score
+from cnn_jax.training import inference, train
+from cnn_jax.data import csv_labels, images
 from cnn_jax.errors import UserError
 from conftest import REPO, load_config
 
@@ -63,6 +64,35 @@ def test_too_many_bad_rows_stop_the_run_with_line_numbers(tmp_path):
     data.load_split(spec, 'train')
   loaded = data.load_split(dataclass_replace(spec, max_skip_fraction=0.5), 'train')
   assert len(loaded) == 2 and 'not found' in loaded.skipped[0][1]
+
+
+def test_one_source_parses_its_csv_once(tmp_path, monkeypatch):
+  _images(tmp_path / 'img', [f'{i}.png' for i in range(8)])
+  _csv(tmp_path / 'train.csv', [(f'{i}.png', 'ab'[i % 2]) for i in range(8)])
+  calls = []
+  index_csv = csv_labels.index_csv
+  monkeypatch.setattr(csv_labels, 'index_csv',
+                      lambda *args: calls.append(args[0]) or index_csv(*args))
+  source = data.open_source(data.DataSpec('csv', path=str(tmp_path / 'img'),
+                                          csv=str(tmp_path / 'train.csv'), image_size=6))
+  source.describe()
+  data.load_dataset(source, 'train', 'validation')
+  data.stream_dataset(source, 'train', 'validation')
+  assert calls == [str(tmp_path / 'train.csv')]
+
+
+def test_a_cached_csv_split_reports_its_bad_rows_and_unreadable_files(tmp_path, monkeypatch):
+  _images(tmp_path / 'img', [f'{i}.png' for i in range(9)])
+  (tmp_path / 'img' / '9.png').write_bytes(b'not a png')
+  _csv(tmp_path / 'train.csv', [(f'{i}.png', 'ab'[i % 2]) for i in range(10)] + [('x.png', 'a')])
+  spec = data.DataSpec('csv', path=str(tmp_path / 'img'), csv=str(tmp_path / 'train.csv'),
+                       image_size=6, validation_fraction=0.0, max_skip_fraction=0.2)
+  decoded = data.load_split(spec, 'train')
+  assert [why.split()[0] for _, why in decoded.skipped] == ['file', 'not']  # Row, then image.
+  monkeypatch.setattr(images, 'load_resized', lambda *args: 1 / 0)  # No decoding from here on.
+  cached = data.load_split(spec, 'train')
+  assert cached.skipped == decoded.skipped and len(cached) == 9
+  np.testing.assert_array_equal(cached.images, decoded.images)
 
 
 def dataclass_replace(spec, **changes):

@@ -5,6 +5,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cnn_jax import data
+from cnn_jax.data import sources
 from cnn_jax.errors import UserError
 
 
@@ -44,7 +45,8 @@ def test_train_batches_are_a_function_of_seed_and_step(digits):
 
 
 def test_an_epoch_visits_each_example_at_most_once(digits):
-  split = data.Split(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1), np.arange(10, dtype=np.int32))
+  split = data.Split(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1),
+                     np.arange(10, dtype=np.int32))
   norm = data.Normalizer(1.0, (0.0,), (1.0,))
   per_epoch = data.steps_per_epoch(len(split), 3)
   assert per_epoch == 3  # 10 // 3: the partial batch is skipped, a different one each epoch.
@@ -97,3 +99,23 @@ def test_unknown_dataset_names_the_problem():
     data.describe_dataset(data.DataSpec('mnsit'))
   with pytest.raises(UserError, match='splits'):
     data.load_dataset(data.DataSpec('digits'), eval_split='validation')
+
+
+def test_every_registered_name_opens_its_source_and_any_other_name_is_tfds():
+  assert set(data.SOURCES) == {'digits', 'idx', 'image_folder', 'csv'}
+  for name, source in data.SOURCES.items():
+    assert type(data.open_source(data.DataSpec(name))) is source  # Opening reads nothing.
+  assert type(data.open_source(data.DataSpec('mnist'))) is sources.Tfds
+  assert type(data.open_source(data.DataSpec('mnsit'))) is sources.Tfds  # describe() says why.
+  assert data.LOCAL_SOURCES == tuple(data.SOURCES)  # Every registered source is local.
+  assert [data.open_source(data.DataSpec(name)).max_value for name in ('digits', 'mnist')] == [
+      16, 255]
+
+
+def test_a_described_source_loads_and_streams_alike():
+  source = data.open_source(data.DataSpec('digits'))
+  assert source.describe() == data.describe_dataset(data.DataSpec('digits'))
+  loaded = data.load_dataset(source)
+  streamed = data.stream_dataset(source)
+  assert streamed.normalizer == loaded.normalizer  # The same examples, the same values.
+  np.testing.assert_array_equal(streamed.eval.gather(np.arange(360))['image'], loaded.eval.images)

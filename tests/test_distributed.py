@@ -9,8 +9,8 @@ import numpy as np
 import portpicker
 import pytest
 
-from cnn_jax import checkpoint, evaluate, train
-from cnn_jax.metric_writers import read_metrics
+from cnn_jax.training import checkpoint, inference, train
+from cnn_jax.runtime.writers import read_metrics
 from conftest import REPO, load_config
 
 STEPS = 66  # Three epochs of digits at batch 64; evaluation after each.
@@ -73,7 +73,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(tmp_p
   assert 'on 2 CPU device(s) in 2 processes' in outputs[0][0]
   assert 'Final test accuracy' not in outputs[1][0]  # Only process 0 speaks.
   _assert_close(tmp_path, one_device)
-  report = evaluate.evaluate_workdir(str(tmp_path))  # This test process: one process, one device.
+  report = inference.evaluate_workdir(str(tmp_path))  # This test process: one process, one device.
   final = [r for r in read_metrics(str(tmp_path)) if r['split'] == 'eval'][-1]
   assert report['accuracy'] == pytest.approx(final['accuracy'], abs=1e-9)
 
@@ -85,7 +85,7 @@ def test_two_processes_stream_their_own_shards_and_evaluate_every_example_once(t
   evals = [r for r in read_metrics(str(tmp_path)) if r['split'] == 'eval']
   assert [r['count'] for r in evals] == [360] * 3
   assert evals[-1]['accuracy'] > 0.8  # Chance is 10%.
-  report = evaluate.evaluate_workdir(str(tmp_path))
+  report = inference.evaluate_workdir(str(tmp_path))
   assert report['accuracy'] == pytest.approx(evals[-1]['accuracy'], abs=1e-9)
 
 

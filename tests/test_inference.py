@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_jax import data, evaluate, inference, predict, train
+from cnn_jax import data, evaluate, predict
+from cnn_jax.training import inference, train
 from cnn_jax.errors import UserError
-from cnn_jax.metric_writers import read_metrics
+from cnn_jax.runtime.writers import read_metrics
 from conftest import REPO, load_config
 
 
@@ -42,7 +43,7 @@ def image_dir(tmp_path_factory):
 
 
 def test_evaluate_reproduces_the_runs_final_metrics(workdir):
-  report = evaluate.evaluate_workdir(workdir)
+  report = inference.evaluate_workdir(workdir)
   final = [r for r in read_metrics(workdir) if r['split'] == 'eval'][-1]
   assert report['checkpoint_step'] == 330 and report['count'] == 360
   assert report['accuracy'] == pytest.approx(final['accuracy'], abs=1e-9)
@@ -60,9 +61,9 @@ def test_evaluate_reproduces_the_runs_final_metrics(workdir):
 
 def test_evaluate_names_the_checkpoints_there_are(workdir):
   with pytest.raises(UserError, match='one of the saved steps: .*330'):
-    evaluate.evaluate_workdir(workdir, which='12345')
+    inference.evaluate_workdir(workdir, which='12345')
   with pytest.raises(UserError, match='not a cnn_jax training workdir'):
-    evaluate.evaluate_workdir(os.path.dirname(workdir))
+    inference.evaluate_workdir(os.path.dirname(workdir))
 
 
 def test_predict_survives_bad_files_and_predicts_the_rest(workdir, image_dir):

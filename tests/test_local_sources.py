@@ -2,13 +2,16 @@
 
 import gzip
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_jax import data, train
-from cnn_jax.data import cache, idx, image_folder
+from cnn_jax import data
+from cnn_jax.training import train
+from cnn_jax.data import idx, image_folder, images
 from cnn_jax.errors import UserError
 from conftest import load_config
 
@@ -140,20 +143,77 @@ def test_kaggle_and_petimages_layouts(tmp_path):
   assert pet_index.class_names == ('Cat', 'Dog') and len(pet_index.files) == 6
 
 
-def test_decoded_cache_is_reused_and_invalidated(folder, tmp_path):
-  spec = data.DataSpec('image_folder', path=str(folder), image_size=12, max_skip_fraction=0.1)
+@pytest.fixture
+def own_folder(folder, tmp_path):
+  """A copy of `folder` that a test may cache into, touch and damage."""
+  return shutil.copytree(folder, tmp_path / 'pets', ignore=shutil.ignore_patterns('.cnn_jax_cache'))
+
+
+def _refuse_to_decode(*args, **kwargs):
+  raise AssertionError(f'decoded {args[0]} instead of reading the cache')
+
+
+def _folder_spec(path, **changes):
+  return data.DataSpec('image_folder', path=str(path), image_size=12, max_skip_fraction=0.1,
+                       **changes)
+
+
+def test_decoded_cache_is_reused_and_invalidated(own_folder, monkeypatch):
+  spec = _folder_spec(own_folder)
   first = data.load_split(spec, 'train')
-  cache_dir = folder / '.cnn_jax_cache'
-  assert len(list(cache_dir.glob('train-*.npz'))) == 1
-  index = image_folder.index_folder(str(folder))
-  files, labels = image_folder.split_files(index, 'train', 0.2, 0)
-  key = cache.cache_key(files, labels=labels, size=12, channels=3, resize='squash')
-  again, from_cache = cache.cached_split(str(cache_dir), 'train', key, lambda: 1 / 0)
-  assert from_cache
+  cache_dir = own_folder / '.cnn_jax_cache'
+  assert len(list(cache_dir.glob('train-*.images.npy'))) == 1
+  with monkeypatch.context() as patch:
+    patch.setattr(images, 'load_resized', _refuse_to_decode)
+    again = data.load_split(spec, 'train')  # From the cache alone: no file is decoded.
   np.testing.assert_array_equal(again.images, first.images)
+  np.testing.assert_array_equal(again.labels, first.labels)
   assert again.skipped == first.skipped and len(first.skipped) >= 1
+  files, _ = image_folder.split_files(image_folder.index_folder(str(own_folder)), 'train', 0.2, 0)
   os.utime(files[0], ns=(1, 1))  # Touching a file changes the key: no stale cache is read.
-  assert cache.cache_key(files, labels=labels, size=12, channels=3, resize='squash') != key
+  data.load_split(spec, 'train')
+  assert len(list(cache_dir.glob('train-*.images.npy'))) == 2
+  assert not list(cache_dir.glob('.*'))  # No temporary file left behind.
+
+
+def test_a_cached_folder_split_keeps_its_skipped_files(own_folder, monkeypatch):
+  spec = _folder_spec(own_folder)
+  decoded = data.load_dataset(spec, 'train', 'validation')
+  monkeypatch.setattr(images, 'load_resized', _refuse_to_decode)
+  cached = data.load_dataset(spec, 'train', 'validation')
+  skipped = decoded.train.skipped + decoded.eval.skipped
+  assert {os.path.basename(name) for name, _ in skipped} == BAD_FILES  # All three, either split.
+  assert (cached.train.skipped, cached.eval.skipped) == (decoded.train.skipped,
+                                                         decoded.eval.skipped)
+  assert cached.normalizer == decoded.normalizer
+
+
+def test_a_damaged_folder_cache_is_named(own_folder):
+  spec = _folder_spec(own_folder, validation_fraction=0.0)
+  data.load_split(spec, 'train')
+  cache_dir = own_folder / '.cnn_jax_cache'
+  (images_path,) = cache_dir.glob('train-*.images.npy')
+  (skipped_path,) = cache_dir.glob('train-*.skipped.json')
+  skipped_path.unlink()  # The cache now holds three images fewer than its files less its skips.
+  with pytest.raises(UserError, match=re.escape(str(images_path)) + '.*damaged.*61 images.*not 64'):
+    data.load_split(spec, 'train')
+  with open(images_path, 'r+b') as f:  # A truncated file, as a full disk might leave.
+    f.truncate(100)
+  with pytest.raises(UserError, match=re.escape(str(images_path)) + '.*damaged.*Delete'):
+    data.load_split(spec, 'train')
+
+
+def test_one_source_indexes_its_folder_once(folder, monkeypatch):
+  calls = []
+  index_folder = image_folder.index_folder
+  monkeypatch.setattr(image_folder, 'index_folder',
+                      lambda path: calls.append(path) or index_folder(path))
+  source = data.open_source(_folder_spec(folder, cache=False))
+  info = source.describe()
+  loaded = data.load_dataset(source, 'train', 'validation')
+  streamed = data.stream_dataset(source, 'train', 'validation')
+  assert calls == [str(folder)]  # Described, both splits loaded, and streamed: one index.
+  assert loaded.info == info == streamed.info and len(loaded.train) == len(streamed.train)
 
 
 def test_crop_keeps_the_centre_and_squash_the_whole_image(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from cnn_jax.errors import UserError
 from cnn_jax.models import MODELS, create_model, model_fields
 from cnn_jax.models.layers import L2_POOL_EPS, Pool
-from cnn_jax.summary import count_params
+from cnn_jax.models.summary import count_params
 
 # Small input sizes keep every test fast on CPU; each model gets one it was designed for.
 SHAPES = {

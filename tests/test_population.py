@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from cnn_jax import inference, population, train
+from cnn_jax.training import inference, population, setup, train
 from cnn_jax.errors import UserError
-from cnn_jax.metric_writers import read_metrics
-from cnn_jax.workdir import load_config as load_saved_config
+from cnn_jax.runtime.writers import read_metrics
+from cnn_jax.training.workdir import load_run_config as load_saved_config
 
 
 def small_population(**population_fields):
@@ -74,7 +74,7 @@ def test_a_member_is_evaluated_and_predicted_like_any_run(trained_population):
   trained = inference.load_trained(member)
   summary = json.load(open(os.path.join(workdir, population.SUMMARY_FILE)))['members']
   from cnn_jax import data  # pylint: disable=g-import-not-at-top
-  spec = train.data_spec(trained.config)
+  spec = setup.data_spec(trained.config)
   test = data.load_split(spec, trained.config.data.eval_split)
   logits = inference.batched_logits(trained, data.eval_batches(test, trained.normalizer, 128))
   accuracy = np.mean(logits.argmax(-1) == test.labels)
@@ -113,3 +113,26 @@ def test_a_population_refuses_data_on_the_device(tmp_path):
   config.data.on_device = True
   with pytest.raises(UserError, match='leave data.on_device off'):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize('size', [0, 2])
+def test_timed_checkpoints_and_the_learning_rate_log_the_same_for_one_model_or_many(tmp_path,
+                                                                                    size):
+  """One loop serves both: a save every few microseconds (checkpoint.every_minutes) saves after
+  every step of a single model and of each member alike, and every train record carries the
+  member's own learning rate."""
+  config = small_population(learning_rates=(1e-3, 3e-3) if size else ())
+  config.population.size = size
+  config.num_steps, config.eval_every_steps, config.log_every_steps = 6, 6, 2
+  config.checkpoint.every_minutes = 1e-9  # Due again after every step.
+  config.checkpoint.keep_last = 10
+  result = train.train_and_evaluate(config, str(tmp_path))
+  workdirs = ([population.member_dir(str(tmp_path), i) for i in range(size)] if size
+              else [str(tmp_path)])
+  for workdir, learning_rate in zip(workdirs, (1e-3, 3e-3) if size else (2e-3,)):
+    saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')))
+    assert saved == [1, 2, 3, 4, 5, 6]  # Without the timer: only step 6, the evaluation's.
+    rates = [r['learning_rate'] for r in read_metrics(workdir) if r['split'] == 'train']
+    assert len(rates) == 3 and rates[0] < rates[1] < rates[2] <= learning_rate  # Warming up.
+  assert set(result) == {'loss', 'accuracy', 'count', 'member'}
+  assert 0 <= result['member'] < max(size, 1)

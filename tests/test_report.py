@@ -10,7 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from cnn_jax import report, train
+from cnn_jax import report
+from cnn_jax.training import train
 from conftest import REPO, load_config
 
 FIGURES = ('curves.png', 'confusion.png', 'filters.png', 'feature_maps.png', 'mistakes.png')

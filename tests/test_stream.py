@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from cnn_jax import data, train
+from cnn_jax import data
+from cnn_jax.training import train
 from cnn_jax.data import npy_cache, stream
 from cnn_jax.errors import UserError
-from cnn_jax.metric_writers import read_metrics
+from cnn_jax.runtime.writers import read_metrics
 from conftest import REPO, load_config
 
 
@@ -94,8 +95,8 @@ def test_eval_stream_covers_every_example_once_with_equal_batch_counts(indexed_s
                                                                        processes, batch_size):
   # At (2, 100), process 1's 500 examples fill 10 batches and process 0 needs 11: process 1's
   # 11th batch is padding alone.
-  shards = [list(stream.eval_batches(indexed_source, stream.PrepareExample(), IDENTITY,
-                                     batch_size, (p, processes))) for p in range(processes)]
+  shards = [list(stream.eval_shard_batches(indexed_source, stream.PrepareExample(), IDENTITY,
+                                           batch_size, (p, processes))) for p in range(processes)]
   assert len({len(batches) for batches in shards}) == 1  # The collective step runs alike.
   assert all(b['image'].shape[0] == b['mask'].shape[0] == batch_size // processes
              for batches in shards for b in batches)
@@ -127,7 +128,7 @@ def test_tfds_stream_matches_the_in_memory_split_and_caches_decoded_images(tmp_p
   reread = os.stat(again.train.images_path)  # The second open read the cache, not rewrote it.
   assert (reread.st_ino, reread.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
   images = np.concatenate([
-      b['image'][b['mask'] > 0] for b in stream.eval_batches(
+      b['image'][b['mask'] > 0] for b in stream.eval_shard_batches(
           streamed.eval, streamed.prepare, streamed.normalizer, 8)])
   np.testing.assert_allclose(images, in_memory.normalizer(in_memory.eval.images), atol=1e-6)
 

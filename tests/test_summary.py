@@ -1,11 +1,11 @@
-"""Tests for cnn_jax.summary: shapes from the article cases, params, FLOPs and the table."""
+"""Tests for cnn_jax.models.summary: shapes from the article cases, params, FLOPs and the table."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 from cnn_jax.models import conv_output_size, create_model
-from cnn_jax.summary import LayerRow, count_params, format_summary, summarize
+from cnn_jax.models.summary import LayerRow, count_params, format_summary, summarize
 
 
 def rows_by_name(rows):

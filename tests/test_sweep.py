@@ -10,8 +10,9 @@ import time
 import pytest
 from PIL import Image
 
-from cnn_jax import report, sweep_space
-from cnn_jax.config_validation import validate_config
+from cnn_jax import report
+from cnn_jax.sweeps import space as sweep_space
+from cnn_jax.training.validation import validate_config
 from cnn_jax.errors import UserError
 from conftest import REPO, load_config
 

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import models, optim, time_to_accuracy, torch_reference
+from cnn_jax import models
+from cnn_jax.benchmarks import time_to_accuracy, torch_reference
+from cnn_jax.training import optim, setup
 from cnn_jax.errors import UserError
 from cnn_jax.models import layers
 from conftest import REPO, load_config
@@ -55,10 +57,10 @@ def test_train_until_stops_at_the_target_or_gives_up():
 def test_both_frameworks_take_the_batch_order_of_shuffle_seed_else_seed():
   config = load_config('digits')
   config.seed = 3
-  assert time_to_accuracy.shuffle_seed(config) == 3
+  assert setup.shuffle_seed(config) == 3
   if 'shuffle_seed' in config:
     config.shuffle_seed = 7
-    assert time_to_accuracy.shuffle_seed(config) == 7
+    assert setup.shuffle_seed(config) == 7
 
 
 @pytest.mark.parametrize('name, kwargs, image_shape, num_classes, expected', [

@@ -10,9 +10,10 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from cnn_jax import data, models, optim, steps, train
+from cnn_jax import data, models
+from cnn_jax.training import optim, steps, train
 from cnn_jax.errors import UserError
-from cnn_jax.metric_writers import read_metrics
+from cnn_jax.runtime.writers import read_metrics
 from conftest import load_config
 
 

@@ -22,18 +22,22 @@ FILE_COLUMNS = ('filename', 'file', 'image', 'image_id', 'id', 'path')
 LABEL_COLUMNS = ('label', 'class', 'category', 'target')
 
 
-def _pick_column(given: str, candidates: tuple[str, ...], header: list[str], what: str,
-                 csv_path: str) -> str:
+def pick_column(given: str, candidates: tuple[str, ...], header: list[str], what: str,
+                csv_path: str, option: str) -> str:
+  """Returns the column of `header` that holds the `what` ('file', 'label'): `given`, which the
+  user named with `option`, else the first header whose name is one of `candidates`.
+
+  Raises:
+    UserError: no such column; the message lists the columns there are.
+  """
   if given:
     if given not in header:
-      raise UserError(f'{csv_path} has no column {given!r} (config.data.csv_{what}_column); its '
-                      f'columns are {header}.')
+      raise UserError(f'{csv_path} has no column {given!r} ({option}); its columns are {header}.')
     return given
   for name in header:
     if name.strip().lower() in candidates:
       return name
-  raise UserError(f'{csv_path}: no {what} column among {header}; name it with '
-                  f'--config.data.csv_{what}_column=NAME.')
+  raise UserError(f'{csv_path}: no {what} column among {header}; name it with {option}=NAME.')
 
 
 def _resolver(image_dir: str):
@@ -76,8 +80,10 @@ def index_csv(csv_path: str, image_dir: str, file_column: str = '', label_column
   with open(csv_path, newline='', encoding='utf-8-sig') as f:  # -sig: Excel's byte-order mark.
     reader = csv.DictReader(f)
     header = reader.fieldnames or []
-    file_col = _pick_column(file_column, FILE_COLUMNS, header, 'file', csv_path)
-    label_col = _pick_column(label_column, LABEL_COLUMNS, header, 'label', csv_path)
+    file_col = pick_column(file_column, FILE_COLUMNS, header, 'file', csv_path,
+                           '--config.data.csv_file_column')
+    label_col = pick_column(label_column, LABEL_COLUMNS, header, 'label', csv_path,
+                            '--config.data.csv_label_column')
     for row in reader:
       where = f'{csv_path}:{reader.line_num}'
       entry, label = (row.get(file_col) or '').strip(), (row.get(label_col) or '').strip()

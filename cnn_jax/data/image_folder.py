@@ -34,11 +34,6 @@ class FolderIndex:
   labels: tuple[int, ...]
 
 
-def _image_files(directory: str) -> list[str]:
-  return sorted(os.path.join(root, name) for root, _, names in os.walk(directory)
-                for name in names if name.lower().endswith(images.IMAGE_EXTENSIONS))
-
-
 def index_folder(path: str) -> FolderIndex:
   """Finds the classes and files under `path` in any of the layouts above.
 
@@ -58,7 +53,7 @@ def index_folder(path: str) -> FolderIndex:
     class_names = tuple(subdirs)
     files, labels = [], []
     for label, name in enumerate(class_names):
-      found = _image_files(os.path.join(path, name))
+      found = images.image_files(os.path.join(path, name))
       files += found
       labels += [label] * len(found)
   else:  # Kaggle layout: the class is the file name up to the first '.'.

@@ -8,6 +8,12 @@ from PIL import Image
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
 
+def image_files(directory: str) -> list[str]:
+  """Every image file under `directory` (recursively, by extension), sorted."""
+  return sorted(os.path.join(root, name) for root, _, names in os.walk(directory)
+                for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+
+
 class UnreadableImage(Exception):
   """A file that is not a decodable image (empty, truncated, or another kind of file)."""
 

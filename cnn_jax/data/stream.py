@@ -19,6 +19,7 @@ from typing import Iterator
 
 import grain
 import numpy as np
+from absl import flags
 
 from cnn_jax.data.dataset import DatasetInfo, Normalizer, Split
 from cnn_jax.data.images import crop_center_square, resize_image
@@ -182,7 +183,6 @@ def _let_grain_read_its_flags() -> None:
   # grain reads its absl flags when it starts worker processes (and passes them on to them);
   # outside an absl app (a notebook, a test) nothing has parsed them, and reading one would
   # raise. Their defaults are what we want.
-  from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
@@ -221,9 +221,9 @@ def train_batches(source, prepare: PrepareExample, normalizer: Normalizer, batch
   yield from _iterate(dataset[start_step:], threads, worker_processes, prefetch)
 
 
-def eval_batches(source, prepare: PrepareExample, normalizer: Normalizer, batch_size: int,
-                 shard: tuple[int, int] = (0, 1), threads: int = 0,
-                 prefetch: int = 4) -> Iterator[dict[str, np.ndarray]]:
+def eval_shard_batches(source, prepare: PrepareExample, normalizer: Normalizer, batch_size: int,
+                       shard: tuple[int, int] = (0, 1), threads: int = 0,
+                       prefetch: int = 4) -> Iterator[dict[str, np.ndarray]]:
   """Yields this process's rows of eval batches covering its shard once, padded and masked.
 
   Every process yields the same number of batches (the eval step is collective): shards differ by

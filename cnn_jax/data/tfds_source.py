@@ -20,8 +20,8 @@ To prepare it on a machine with internet access (TensorFlow is needed only for c
 builder re-encodes its JPEGs with it: pip install -e '.[tfds-prepare]'):
     python -c "import tensorflow_datasets as tfds; \\
 tfds.builder('{name}', data_dir='DATA_DIR').download_and_prepare(file_format='array_record')"
-then copy DATA_DIR/{name}/ to this machine and pass --config.data.tfds_data_dir=DATA_DIR, or run here
-with --config.data.download=True if this machine can reach the internet."""
+then copy DATA_DIR/{name}/ to this machine and pass --config.data.tfds_data_dir=DATA_DIR, or run
+here with --config.data.download=True if this machine can reach the internet."""
 
 
 def _builder(name: str, data_dir: str | None):

@@ -71,12 +71,6 @@ def block_settings(net: 'ConvNet') -> list[dict[str, Any]]:
   return [{f: columns[f][i] for f in fields} for i in range(n)]
 
 
-def _in_use(rate: float | jax.Array) -> bool:
-  """Whether a dropout layer is needed: a rate above 0, or an array (one rate per population
-  member, some of which may be 0)."""
-  return not isinstance(rate, (int, float)) or rate > 0
-
-
 class ConvNet(nn.Module):
   """A plain stack of conv blocks followed by dense layers; maps images to logits.
 
@@ -168,14 +162,14 @@ class ConvNet(nn.Module):
         x = act(x)
         if b['pool'] != 'none':
           x = pool(x)
-      if _in_use(self.conv_dropout):
+      if not layers.is_static_zero(self.conv_dropout):
         x = layers.Dropout(self.conv_dropout, name=f'conv_dropout_{i}')(x, not train)
     x = x.reshape((x.shape[0], -1))  # [B, H'·W'·C']
     for j, width in enumerate(self.dense):
-      if _in_use(self.dense_dropout):
+      if not layers.is_static_zero(self.dense_dropout):
         x = layers.Dropout(self.dense_dropout, name=f'dense_dropout_{j}')(x, not train)
       x = act(nn.Dense(width, use_bias=self.use_bias, name=f'dense_{j}', **common)(x))
-    if _in_use(self.dense_dropout):
+    if not layers.is_static_zero(self.dense_dropout):
       x = layers.Dropout(self.dense_dropout, name='head_dropout')(x, not train)
     x = nn.Dense(self.num_classes, use_bias=self.use_bias, name='head', **common)(x)
     return x.astype(jnp.float32)  # [B, num_classes]

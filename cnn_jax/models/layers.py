@@ -2,12 +2,13 @@
 
 Activations and initialisers are looked up by the names a config uses; an unknown name is a
 `UserError` that lists the allowed ones. Pooling is a module (not a bare function) so that it shows
-up in `capture_intermediates` and in `cnn_jax.summary`.
+up in `capture_intermediates` and in `cnn_jax.models.summary`.
 """
 
 import difflib
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -51,6 +52,16 @@ POOL_KINDS = ('max', 'avg', 'l2', 'none')
 # which happens whenever a window is all zeros (common after relu). With the epsilon the gradient
 # is finite and the forward value changes by at most sqrt(1e-12) = 1e-6.
 L2_POOL_EPS = 1e-12
+
+
+def is_static_zero(value: Any) -> bool:
+  """True for a plain Python 0 (a setting that is off); False for other numbers and for arrays.
+
+  A population (`cnn_jax.training.population`) passes hyperparameters as traced arrays, one value
+  per member; then a layer or loss term (dropout, label smoothing) must be built even where one
+  member's value is 0.
+  """
+  return isinstance(value, (int, float)) and value == 0
 
 
 def choose(kind: str, name: str, allowed: Sequence[str]) -> str:
@@ -247,7 +258,7 @@ class Conv(nn.Module):
 class Dropout(nn.Module):
   """`nn.Dropout` (the same random mask for the same key) whose rate may be a traced array.
 
-  A population (`cnn_jax.population`) trains models with different dropout rates in one program,
+  A population (`cnn_jax.training.population`) trains models with different dropout rates in one program,
   so the rate arrives as an array inside `vmap`; a member whose rate is 0 keeps every unit.
 
   Attributes:
@@ -259,7 +270,7 @@ class Dropout(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     """Zeroes each unit with probability `rate` and scales the rest by 1 / (1 - rate)."""
-    if deterministic or (isinstance(self.rate, (int, float)) and self.rate == 0):
+    if deterministic or is_static_zero(self.rate):
       return x
     keep_prob = 1.0 - self.rate
     mask = jax.random.bernoulli(self.make_rng('dropout'), p=keep_prob, shape=x.shape)

@@ -30,7 +30,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', 'tests'))
 from conftest import load_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from cnn_jax import cpu_kernels, data, population, train  # pylint: disable=wrong-import-position
+from cnn_jax import data  # pylint: disable=wrong-import-position
+from cnn_jax.training import cpu_kernels, population, setup, train
 
 
 def _steps_per_s(step, state, batches, num_steps: int) -> float:
@@ -46,8 +47,8 @@ def _steps_per_s(step, state, batches, num_steps: int) -> float:
 
 def step_throughput(config, size: int, num_steps: int) -> tuple[float, float]:
   """Returns (population, sequential) model-images/s of the train step alone."""
-  info = data.describe_dataset(train.data_spec(config))
-  model = train.build_model(config, info.num_classes)
+  info = data.describe_dataset(setup.data_spec(config))
+  model = setup.build_model(config, info.num_classes)
   config.population.size = size
   members = population.member_configs(config)
   values = {k: jnp.asarray(v) for k, v in population.varied_values(config, members).items()}

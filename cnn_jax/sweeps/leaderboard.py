@@ -4,8 +4,9 @@ import csv
 import json
 import os
 
-from cnn_jax import sweep_space
+from cnn_jax.sweeps import space as sweep_space
 
+SWEEP_FILE = 'sweep.json'  # The sweep's definition, beside its study and results.
 COLUMNS = ('trial', 'best_eval_accuracy', 'final_eval_accuracy', 'test_accuracy', 'steps',
            'seconds', 'status', 'workdir')
 
@@ -78,7 +79,7 @@ def write_best_config(row: dict, config, params, path: str) -> None:
 
 def plot(rows: list[dict], params, path: str) -> str:
   """The best eval accuracy of each finished trial against each swept value."""
-  from cnn_jax import figures  # pylint: disable=g-import-not-at-top
+  from cnn_jax.reporting import figures  # pylint: disable=g-import-not-at-top
   points = {p.key: [(row[p.key], row['best_eval_accuracy']) for row in rows
                     if row['best_eval_accuracy'] is not None] for p in params}
   orders = {p.key: [str(v) for v in p.values] for p in params if p.kind == 'choice'}

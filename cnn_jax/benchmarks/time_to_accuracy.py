@@ -2,34 +2,21 @@
 
 `python -m cnn_jax.benchmark --target_accuracy 0.97` trains with cnn_jax's own jitted step on the
 config's real dataset and evaluates the whole eval split after every epoch; with `--against torch`
-the PyTorch reference (`cnn_jax.torch_reference`) runs the same loop through `train_until`, so both
-stop by the same rule and their clocks cover the same work.
+the PyTorch reference (`cnn_jax.benchmarks.torch_reference`) runs the same loop through
+`train_until`, so both stop by the same rule and their clocks cover the same work. Both take the
+training length and batch order from the run's plan (`cnn_jax.training.setup`): the learning-rate
+schedule spans the config's whole training length, so a run that stops early at the target sees
+the learning rates a full run would at those steps.
 """
 
-import math
 import time
 from collections.abc import Callable
 
 import jax
 
-from cnn_jax import data, optim
-
-
-def training_length(config, num_examples: int) -> tuple[int, int]:
-  """Returns (steps per epoch, the config's training length in steps), as a real run counts them.
-
-  The learning-rate schedule spans the config's training length, so a run that stops early at
-  the target sees the same learning rates a full run would at those steps.
-  """
-  per_epoch = data.steps_per_epoch(num_examples, config.batch_size)
-  return per_epoch, config.num_steps or math.ceil(config.num_epochs * per_epoch)
-
-
-def shuffle_seed(config) -> int:
-  """The seed of the training batches' order, as `cnn_jax.train` picks it: `shuffle_seed`, else
-  `seed` (`get`, because a config written before `shuffle_seed` existed lacks the field)."""
-  seed = config.get('shuffle_seed')
-  return config.seed if seed is None else seed
+from cnn_jax import data
+from cnn_jax.training import cpu_kernels, setup, steps
+from cnn_jax.training.augment import Augmentation
 
 
 def train_until(train_epoch: Callable[[int], None], evaluate: Callable[[], float], target: float,
@@ -67,18 +54,12 @@ def time_to_accuracy(config, dataset: data.Dataset, target: float, max_epochs: i
   Returns:
     `train_until`'s {'seconds', 'epochs', 'accuracy'} plus 'compile_s'.
   """
-  # pylint: disable=g-import-not-at-top
-  from cnn_jax import cpu_kernels, steps, train
-  from cnn_jax.augment import Augmentation
-  per_epoch, num_steps = training_length(config, len(dataset.train))
+  plan = setup.make_plan(config, len(dataset.train))
+  per_epoch, seed = plan.steps_per_epoch, plan.shuffle_seed
   start = time.perf_counter()
-  model = train.build_model(config, dataset.info.num_classes)
-  opt = config.optimizer
-  schedule = optim.create_schedule(opt.schedule, opt.learning_rate, num_steps, opt.warmup_steps)
-  tx = optim.create_optimizer(opt.name, schedule, opt.momentum, opt.nesterov, opt.weight_decay,
-                              opt.grad_clip_norm)
+  model = setup.build_model(config, dataset.info.num_classes)
+  tx, _ = setup.build_optimizer(config, plan.num_steps)
   state = steps.create_train_state(model, tx, jax.random.key(config.seed), dataset.info.image_shape)
-  seed = shuffle_seed(config)
   train_batch = lambda i: jax.device_put(data.train_batch(
       dataset.train, dataset.normalizer, config.batch_size, seed, i))
   eval_batches = lambda: map(jax.device_put, data.eval_batches(

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cnn_jax.augment import Augmentation, augment_batch
+from cnn_jax.models.layers import is_static_zero
+from cnn_jax.training.augment import Augmentation, augment_batch
 
 Batch = dict[str, jax.Array]
 _AUGMENT_STREAM = 1  # fold_in index deriving the augmentation key from the step's key.
@@ -42,15 +43,6 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
                     rng=state_rng)
 
 
-def is_static_zero(value: Any) -> bool:
-  """True for a plain Python 0 (a setting that is off); False for other numbers and for arrays.
-
-  A population (`cnn_jax.population`) passes hyperparameters as traced arrays, one value per
-  member; then a layer or loss term must be built even where one member's value is 0.
-  """
-  return isinstance(value, (int, float)) and value == 0
-
-
 def cross_entropy(logits: jax.Array, labels: jax.Array,
                   label_smoothing: float | jax.Array = 0.0) -> jax.Array:
   """Per-example softmax cross-entropy [B] of logits [B, K] against integer labels [B]."""
@@ -66,7 +58,8 @@ def train_step_fn(model: nn.Module, tx: optax.GradientTransformation,
                       [TrainState, Batch], tuple[TrainState, Metrics]]:
   """Returns the pure `train_step(state, batch) -> (state, metrics)`, not yet jitted.
 
-  The batch is augmented on the device first (see `cnn_jax.augment`), if `augmentation` says so.
+  The batch is augmented on the device first (see `cnn_jax.training.augment`), if `augmentation`
+  says so.
   metrics: {'loss': mean training loss of the batch, 'accuracy': its top-1 accuracy}.
   """
 
@@ -100,7 +93,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                         [TrainState, Batch], tuple[TrainState, Metrics]]:
   """Returns `train_step_fn(...)` jitted, with `state` donated.
 
-  `compiler_options`: XLA options of the compiled step (see `cnn_jax.cpu_kernels`).
+  `compiler_options`: XLA options of the compiled step (see `cnn_jax.training.cpu_kernels`).
   """
   return jax.jit(train_step_fn(model, tx, label_smoothing, augmentation), donate_argnums=0,
                  compiler_options=compiler_options)
@@ -156,5 +149,6 @@ def eval_step_fn(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
 
 
 def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
-  """Returns `eval_step_fn(model)` jitted, with XLA's own CPU kernels (see `cnn_jax.cpu_kernels`)."""
+  """Returns `eval_step_fn(model)` jitted, with XLA's own CPU kernels (see
+  `cnn_jax.training.cpu_kernels`)."""
   return jax.jit(eval_step_fn(model))

@@ -49,6 +49,12 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
+def log(*args, **kwargs) -> None:
+  """print(), in process 0 only: a multi-host run speaks once."""
+  if is_main_process():
+    print(*args, **{'flush': True, **kwargs})
+
+
 def to_global(batch: dict[str, np.ndarray], sharding) -> dict:
   """Turns an identical-in-every-process host batch into a global array sharded along 'data'.
 

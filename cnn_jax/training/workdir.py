@@ -18,6 +18,7 @@ from cnn_jax.errors import UserError
 CONFIG_FILE = 'config.json'
 VERSIONS_FILE = 'versions.json'
 DATASET_FILE = 'dataset.json'
+POPULATION_FILE = 'population.json'  # Written by a population beside its members' workdirs.
 _PACKAGES = ('cnn_jax', 'jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml-collections',
              'tensorflow-datasets', 'numpy')
 
@@ -71,7 +72,7 @@ def load_dataset_record(workdir: str) -> tuple[DatasetInfo, Normalizer]:
     UserError: `workdir` has no dataset record (not a cnn_jax training workdir).
   """
   path = os.path.join(workdir, DATASET_FILE)
-  if os.path.exists(os.path.join(workdir, 'population.json')):  # cnn_jax.population.SUMMARY_FILE
+  if os.path.exists(os.path.join(workdir, POPULATION_FILE)):
     raise UserError(f'{workdir!r} holds a population of models; pass one member\'s directory, '
                     f'e.g. {os.path.join(workdir, "member_00")!r} (population.json ranks them).')
   if not os.path.exists(path):
@@ -86,7 +87,7 @@ def load_dataset_record(workdir: str) -> tuple[DatasetInfo, Normalizer]:
   return info, Normalizer(norm['max_value'], tuple(norm['mean']), tuple(norm['std']))
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict | None:
+def load_run_config(workdir: str) -> ml_collections.ConfigDict | None:
   """Returns the config saved in `workdir` by `save_run_record`, or None if there is none."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):

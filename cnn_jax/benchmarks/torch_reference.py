@@ -23,7 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax import data, models, optim
+from cnn_jax import data, models
+from cnn_jax.benchmarks import time_to_accuracy
+from cnn_jax.training import optim, setup
 from cnn_jax.errors import UserError
 from cnn_jax.models.convnet import BN_EPSILON, BN_MOMENTUM, ConvNet, block_settings
 from cnn_jax.models.shapes import conv_output_size
@@ -77,8 +79,7 @@ def import_torch():
 
 def check_config(config) -> None:
   """Raises UserError now if `config` cannot be measured in PyTorch: no torch, or no ConvNet."""
-  from cnn_jax.config_validation import model_kwargs  # pylint: disable=g-import-not-at-top
-  _convnet(config.model.name, model_kwargs(config.model), 2)
+  _convnet(config.model.name, setup.model_kwargs(config.model), 2)
   import_torch()
 
 
@@ -171,7 +172,8 @@ def _lr_factors(schedule: str, learning_rate: float, total_steps: int,
 
 
 def torch_optimizer(params, optimizer_config, total_steps: int = 1):
-  """Returns (optimizer, scheduler) doing what `cnn_jax.optim` builds from `optimizer_config`.
+  """Returns (optimizer, scheduler) doing what `cnn_jax.training.optim` builds from
+  `optimizer_config`.
 
   Weight decay means what it means in cnn_jax: L2 added to the gradient for 'sgd' and 'adam'
   (the `weight_decay` of torch's SGD and Adam), decoupled for 'adamw' (torch's AdamW).
@@ -228,11 +230,10 @@ def _to_torch(torch, batch: dict) -> tuple:
 
 def _setup(config, image_shape, num_classes, total_steps):
   """Returns (torch, model, step) for `config`, seeded and using every CPU core."""
-  from cnn_jax.config_validation import model_kwargs  # pylint: disable=g-import-not-at-top
   torch = import_torch()
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(config.seed)
-  model = build_torch_convnet(config.model.name, model_kwargs(config.model), image_shape,
+  model = build_torch_convnet(config.model.name, setup.model_kwargs(config.model), image_shape,
                               num_classes)
   optimizer, scheduler = torch_optimizer(model.parameters(), config.optimizer, total_steps)
   step = functools.partial(_train_step, model, optimizer, scheduler, config.label_smoothing,
@@ -253,9 +254,8 @@ def measure_torch(config, num_steps: int, warmup: int, synthetic_batches: list[d
   Returns:
     {'train_first_step_s', 'train_images_per_s', 'eval_first_step_s', 'eval_images_per_s'}.
   """
-  from cnn_jax import train  # pylint: disable=g-import-not-at-top
   image_shape = synthetic_batches[0]['image'].shape[1:]
-  num_classes = data.describe_dataset(train.data_spec(config)).num_classes
+  num_classes = data.describe_dataset(setup.data_spec(config)).num_classes
   torch, model, step = _setup(config, image_shape, num_classes, num_steps + warmup)
   batches = [_to_torch(torch, b) for b in synthetic_batches]  # Converted before any timing.
   results = {}
@@ -296,14 +296,14 @@ def time_to_accuracy_torch(config, dataset: data.Dataset, target: float, max_epo
     (None if no epoch up to `max_epochs` got there), 'epochs', 'accuracy' (of that epoch, or of
     the last one)}.
   """
-  from cnn_jax import time_to_accuracy  # pylint: disable=g-import-not-at-top
-  per_epoch, num_steps = time_to_accuracy.training_length(config, len(dataset.train))
+  plan = setup.make_plan(config, len(dataset.train))
+  per_epoch, num_steps = plan.steps_per_epoch, plan.num_steps
   opt = config.optimizer
   _lr_factors(opt.schedule, opt.learning_rate, num_steps, opt.warmup_steps)  # Off the clock.
   start = time.perf_counter()
   torch, model, step = _setup(config, dataset.info.image_shape, dataset.info.num_classes,
                               num_steps)
-  seed = time_to_accuracy.shuffle_seed(config)
+  seed = plan.shuffle_seed
 
   def train_epoch(epoch: int) -> None:
     model.train()

@@ -8,9 +8,10 @@ import math
 
 import ml_collections
 
-from cnn_jax import data, models, optim
-from cnn_jax.cpu_kernels import CPU_KERNELS
-from cnn_jax.checkpoint import BEST_METRICS
+from cnn_jax import data, models
+from cnn_jax.training import optim
+from cnn_jax.training.cpu_kernels import CPU_KERNELS
+from cnn_jax.training.checkpoint import BEST_METRICS
 from cnn_jax.errors import UserError
 
 DTYPES = ('float32', 'bfloat16')
@@ -133,9 +134,3 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
                                          f'{len(problems)} problems') + ':\n  - '
                     + '\n  - '.join(problems))
 
-
-def model_kwargs(model_config: ml_collections.ConfigDict) -> dict:
-  """Returns config.model without 'name' as keyword arguments; lists become tuples."""
-  kwargs = model_config.to_dict()
-  kwargs.pop('name', None)
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}

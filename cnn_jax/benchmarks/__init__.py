@@ -1,0 +1,1 @@
+"""Speed measurements beside `cnn_jax.benchmark`: PyTorch reference, time to accuracy."""

@@ -1,0 +1,1 @@
+"""Leaf utilities of a run: processes and hosts, stop signals, metric files."""

@@ -1,0 +1,1 @@
+"""Sweeps on Optuna: what a sweep varies and its leaderboard."""

@@ -1,0 +1,1 @@
+"""Training: config → objects, the loop, steps, checkpoints and restored models."""

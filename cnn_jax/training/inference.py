@@ -1,0 +1,165 @@
+"""A trained model restored from its workdir alone, and what is computed with it: logits over
+batches, an evaluation report of a split, and image files prepared as its training data was.
+
+evaluate, predict, report and sweep need nothing but `--workdir`: the config, the dataset record
+(classes, image shape, input normalisation) and the checkpoints are all there.
+"""
+
+import dataclasses
+import os
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from cnn_jax import data
+from cnn_jax.data import image_folder, images
+from cnn_jax.errors import UserError
+from cnn_jax.training import checkpoint, setup, steps
+from cnn_jax.training.workdir import load_dataset_record, load_run_config
+
+FILE_PIXEL_MAX = 255.0  # Image files hold 8-bit pixels, whatever the training data's range was.
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+  """A model and its weights as of one checkpoint, with what is needed to feed it."""
+  workdir: str
+  step: int
+  config: ml_collections.ConfigDict
+  info: data.DatasetInfo
+  normalizer: data.Normalizer
+  model: Any
+  variables: dict  # {'params': ..., 'batch_stats': ...}
+
+
+def load_trained(workdir: str, which: str = 'latest') -> TrainedModel:
+  """Restores checkpoint `which` ('latest', 'best' or a step number) of the run in `workdir`.
+
+  Raises:
+    UserError: not a workdir, no such checkpoint, or a checkpoint that does not fit the config.
+  """
+  config = load_run_config(workdir)
+  info, normalizer = load_dataset_record(workdir)
+  if config is None:
+    raise UserError(f'{workdir!r} has no config.json; is it the --workdir of a training run?')
+  model = setup.build_model(config, info.num_classes)
+  # The optimizer only shapes the restore template (its state is restored and then dropped).
+  tx, _ = setup.build_optimizer(config, num_steps=1)
+  template = jax.eval_shape(lambda: steps.create_train_state(
+      model, tx, jax.random.key(0), info.image_shape))
+  with checkpoint.open_manager(workdir, read_only=True) as manager:
+    step = checkpoint.resolve_step(manager, which)
+    try:
+      state, _ = checkpoint.restore(manager, step, template)
+    except checkpoint.IncompatibleCheckpoint as e:
+      raise UserError(f'The checkpoint at step {step} of {workdir!r} does not match its own '
+                      f'config.json ({e}); was config.json edited, or written by another version '
+                      'of cnn_jax? See versions.json in the workdir.') from None
+  return TrainedModel(workdir, step, config, info, normalizer, model,
+                      {'params': state.params, 'batch_stats': state.batch_stats})
+
+
+def make_logits_fn(model):
+  """Returns a jitted `logits(variables, images) -> float32 [B, num_classes]` (eval mode)."""
+  return jax.jit(lambda variables, images: model.apply(variables, images, train=False))
+
+
+def batched_logits(trained: TrainedModel, batches: Iterable[dict[str, np.ndarray]],
+                   num_batches: int | None = None, progress: bool = False) -> np.ndarray:
+  """Returns logits [N, K] for the real (mask = 1) examples of padded `batches`, in order.
+
+  With `progress`, a tqdm bar (of `num_batches`) shows on a terminal.
+  """
+  logits_fn = make_logits_fn(trained.model)
+  outputs = []
+  for batch in tqdm(batches, total=num_batches, unit='batch', desc='predicting',
+                    disable=None if progress else True):
+    logits = np.asarray(logits_fn(trained.variables, jnp.asarray(batch['image'])))
+    outputs.append(logits[batch['mask'] == 1])
+  return np.concatenate(outputs) if outputs else np.zeros((0, trained.info.num_classes))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """Class probabilities [N, K] of logits [N, K], computed stably in NumPy."""
+  shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+  return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+# ---- a split: logits and the evaluation report ------------------------------------------------
+
+def split_logits(trained: TrainedModel, split: str,
+                 batch_size: int | None = None) -> tuple[data.Split, np.ndarray]:
+  """Returns (examples, logits [N, K]) of `trained` on every example of `split`, in order."""
+  examples = data.load_split(setup.data_spec(trained.config), split)
+  batches = data.eval_batches(examples, trained.normalizer,
+                              batch_size or trained.config.eval_batch_size)
+  return examples, batched_logits(trained, batches)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+  """Returns counts [K, K]: row = true class, column = predicted class."""
+  matrix = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(matrix, (labels, predictions), 1)
+  return matrix
+
+
+def evaluation_report(trained: TrainedModel, split: str, labels: np.ndarray,
+                      logits: np.ndarray) -> dict:
+  """Returns accuracy, mean loss, count, per-class accuracy and the confusion matrix as a dict."""
+  predictions = logits.argmax(axis=-1)
+  losses = np.asarray(steps.cross_entropy(logits, labels))
+  matrix = confusion_matrix(labels, predictions, trained.info.num_classes)
+  per_class = {
+      name: {'accuracy': float(matrix[k, k] / matrix[k].sum()) if matrix[k].sum() else None,
+             'correct': int(matrix[k, k]), 'count': int(matrix[k].sum())}
+      for k, name in enumerate(trained.info.class_names)}
+  return {'workdir': os.path.abspath(trained.workdir), 'checkpoint_step': trained.step,
+          'split': split, 'count': int(len(labels)),
+          'accuracy': float(np.mean(predictions == labels)), 'loss': float(np.mean(losses)),
+          'class_names': list(trained.info.class_names), 'per_class': per_class,
+          'confusion_matrix': matrix.tolist()}
+
+
+def evaluate_workdir(workdir: str, which: str = 'latest', split: str | None = None,
+                     batch_size: int | None = None) -> dict:
+  """Evaluates checkpoint `which` of `workdir` on `split` (default: the run's eval split);
+  returns `evaluation_report`'s dict."""
+  trained = load_trained(workdir, which)
+  split = split or trained.config.data.eval_split
+  examples, logits = split_logits(trained, split, batch_size)
+  return evaluation_report(trained, split, examples.labels, logits)
+
+
+# ---- image files ------------------------------------------------------------------------------
+
+def decode_files(trained: TrainedModel, files: list[str],
+                 progress: bool = False) -> tuple[list[np.ndarray | None], dict[str, str]]:
+  """Returns (arrays, {file: reason}): each file decoded and resized as its training data was;
+  arrays[i] is None where file i could not be read."""
+  height, width, channels = trained.info.image_shape
+  if height == width:  # The image-folder decoder: same resize mode, threads, progress bar.
+    resize = trained.config.data.get('resize', 'squash')
+    arrays, skipped = image_folder.decode_files(files, height, channels, resize,
+                                                os.cpu_count() or 1, progress)
+    return arrays, dict(skipped)
+  arrays, errors = [], {}
+  for path in files:
+    try:
+      arrays.append(images.resize_image(images.read_image(path, channels), (height, width)))
+    except (images.UnreadableImage, OSError) as e:
+      arrays.append(None)
+      errors[path] = str(e)
+  return arrays, errors
+
+
+def file_normalizer(trained: TrainedModel) -> data.Normalizer:
+  """The normalisation of 8-bit pixels from image files for `trained`.
+
+  The statistics are of pixels scaled to [0, 1], so only the scale changes, not the statistics:
+  digits' raw 0–16 and a PNG's 0–255 both map to [0, 1].
+  """
+  return dataclasses.replace(trained.normalizer, max_value=FILE_PIXEL_MAX)

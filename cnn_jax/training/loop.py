@@ -1,0 +1,312 @@
+"""The training loop: one body for a single model and for a population of N models.
+
+A population differs from a single model only in its step functions (the single model's, vmapped
+over members) and in having N of what the loop writes: metrics files, checkpoints, evaluations.
+Everything else (batches, the step runner, logging the learning rate, evaluation, timed and
+signalled checkpoints, resume, the progress bar) is written once, here, for both.
+"""
+
+import dataclasses
+import itertools
+import os
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from tqdm import tqdm
+
+from cnn_jax import data
+from cnn_jax.errors import UserError
+from cnn_jax.runtime import distributed, signals
+from cnn_jax.runtime.writers import MetricWriter
+from cnn_jax.training import checkpoint, steps
+from cnn_jax.training.setup import Plan
+from cnn_jax.training.workdir import config_differences, load_run_config
+
+_SUMS = ('loss', 'accuracy', 'count')  # The running train metrics, summed between logs.
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainee:
+  """What the loop trains: one model, or N stacked models (a population).
+
+  Attributes:
+    init: returns the fresh train state; with a leading member axis [N] when `stacked`.
+    train_step: the pure `(state, batch) -> (state, metrics)`; metrics [N] when `stacked`.
+    eval_step: the pure `(state, batch) -> sums` ({'loss_sum', 'correct', 'count'}, [N] each).
+    configs: each member's own complete config (for a single model, the run's config).
+    workdirs: where each member's metrics, checkpoints and records go.
+    schedules: each member's learning rate as a function of the step, for the logs.
+    stacked: whether the state carries a member axis.
+  """
+  init: Callable[[], steps.TrainState]
+  train_step: Callable
+  eval_step: Callable
+  configs: tuple[ml_collections.ConfigDict, ...]
+  workdirs: tuple[str, ...]
+  schedules: tuple[Callable, ...]
+  stacked: bool = False
+
+  def split(self, state) -> list:
+    """The members' own states."""
+    if not self.stacked:
+      return [state]
+    return [jax.tree.map(lambda x, i=i: x[i], state) for i in range(len(self.workdirs))]
+
+  def join(self, states: list):
+    """The state the step functions take, from the members' own states."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *states) if self.stacked else states[0]
+
+
+def step_of(trainee: Trainee, state) -> int:
+  """The number of steps `state` has trained (every member has trained as many)."""
+  done = jax.device_get(state.step)  # [] for one model, [N] for a population.
+  return int(done[0] if trainee.stacked else done)
+
+
+# ---- batches on the devices --------------------------------------------------------------------
+
+def device_train_batches(dataset, batch_size: int, seed: int, start_step: int,
+                         sharding: NamedSharding, threads: int = 0, worker_processes: int = 0,
+                         prefetch: int = 4) -> Iterator[dict]:
+  """Yields global training batches start_step, start_step + 1, ... without end.
+
+  From a split in memory, every process builds the same batch and keeps its rows; from a stream,
+  each process reads, decodes and shuffles only its own shard of the examples.
+  """
+  if isinstance(dataset, data.StreamedDataset):
+    stream = data.stream.train_batches(
+        dataset.train, dataset.prepare, dataset.normalizer, batch_size, seed, start_step,
+        (jax.process_index(), jax.process_count()), threads, worker_processes, prefetch)
+    try:
+      for batch in stream:
+        yield distributed.from_local(batch, sharding)
+    finally:
+      stream.close()  # Stops its worker processes however the loop ends.
+  else:
+    for step in itertools.count(start_step):
+      yield distributed.to_global(data.train_batch(dataset.train, dataset.normalizer,
+                                                   batch_size, seed, step), sharding)
+
+
+def device_eval_batches(dataset, batch_size: int, sharding: NamedSharding,
+                        threads: int = 0) -> Iterator[dict]:
+  """Yields global eval batches covering every held-out example once, the last padded and masked."""
+  if isinstance(dataset, data.StreamedDataset):
+    for batch in data.stream.eval_shard_batches(
+        dataset.eval, dataset.prepare, dataset.normalizer, batch_size,
+        (jax.process_index(), jax.process_count()), threads):
+      yield distributed.from_local(batch, sharding)
+  else:
+    for batch in data.eval_batches(dataset.eval, dataset.normalizer, batch_size):
+      yield distributed.to_global(batch, sharding)
+
+
+def evaluate(eval_step, state, batches: Iterable[dict]) -> list[dict[str, float]]:
+  """Returns each member's {'loss', 'accuracy', 'count'} over all `batches` (every real example
+  once); a single model is a list of one."""
+  totals = None
+  for batch in batches:
+    sums = eval_step(state, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = {k: np.atleast_1d(v) for k, v in jax.device_get(totals).items()}
+  return [{'loss': float(loss) / float(count), 'accuracy': float(correct) / float(count),
+           'count': float(count)}
+          for loss, correct, count in zip(totals['loss_sum'], totals['correct'], totals['count'])]
+
+
+# ---- the step runner, chosen once ----------------------------------------------------------------
+
+class HostBatches:
+  """Runs one step per call on the next batch from the host (or from a stream)."""
+
+  def __init__(self, train_step, batches: Iterator[dict], compiler_options):
+    self._step = jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options)
+    self._batches = batches
+
+  def __call__(self, state, step: int, count: int):
+    del step, count  # Always one step: the batches come in order.
+    return self._step(state, next(self._batches))
+
+  def close(self) -> None:
+    self._batches.close()
+
+
+class DeviceSplit:
+  """Runs steps on a training split held on the device: one step gathers its batch there, and
+  several steps run in one compiled call (`lax.scan`); only indices leave the host."""
+
+  def __init__(self, train_step, dataset, batch_size: int, seed: int, sharding: NamedSharding,
+               replicated: NamedSharding, compiler_options):
+    self._split = _put_split_on_device(dataset.train, dataset.normalizer, replicated)
+    self._gather = steps.make_gather_train_step(train_step, compiler_options)
+    self._scan = steps.make_scan_train_step(train_step, compiler_options)
+    self._indices = lambda s: data.train_indices(len(dataset.train), batch_size, seed, s)
+    self._sharding = sharding
+
+  def __call__(self, state, step: int, count: int):
+    index = (self._indices(step) if count == 1 else
+             np.stack([self._indices(s) for s in range(step, step + count)], axis=1))  # [B, K]
+    index = distributed.to_global({'index': index}, self._sharding)['index']
+    return (self._gather if count == 1 else self._scan)(state, *self._split, index)
+
+  def close(self) -> None:
+    pass
+
+
+def _put_split_on_device(split: data.Split, normalizer: data.Normalizer, sharding):
+  """Returns the normalised training split as device arrays (images, labels), if it fits.
+
+  Raises:
+    UserError: the device reports its memory and the split would take more than half of it.
+  """
+  images = normalizer(split.images)
+  stats = jax.local_devices()[0].memory_stats() or {}
+  limit = stats.get('bytes_limit')
+  if limit and images.nbytes > limit / 2:
+    raise UserError(f'config.data.on_device=True: the training split takes '
+                    f'{images.nbytes / 2**30:.1f} GiB, more than half of the device\'s '
+                    f'{limit / 2**30:.1f} GiB; leave on_device off for this dataset.')
+  return distributed.replicate(images, sharding), distributed.replicate(split.labels, sharding)
+
+
+# ---- resume ------------------------------------------------------------------------------------
+
+def restore(trainee: Trainee, managers: list, state) -> tuple[Any, list[dict]]:
+  """Restores every member at the newest step all of them saved (dropping any newer member
+  checkpoint), or returns `state` as it is if none saved; returns (state, each one's progress).
+
+  Raises:
+    UserError: a checkpoint of another model, optimizer or dataset, or members without a
+      common step.
+  """
+  if all(m.latest_step() is None for m in managers):
+    return state, [{}] * len(managers)
+  common = set.intersection(*(set(m.all_steps()) for m in managers))
+  if not common:
+    raise UserError(f'The members\' checkpoints in {os.path.dirname(trainee.workdirs[0])} have '
+                    'no step in common; use a new --workdir.')
+  step = max(common)
+  states, progress = [], []
+  for manager, template, workdir, config in zip(managers, trainee.split(state),
+                                                trainee.workdirs, trainee.configs):
+    for newer in [s for s in manager.all_steps() if s > step]:
+      manager.delete(newer)  # Saved after a member that did not get there: redo those steps.
+    restored, member_progress = _restore_member(manager, step, template, workdir, config)
+    states.append(restored)
+    progress.append(member_progress)
+  return trainee.join(states), progress
+
+
+def _restore_member(manager, step: int, template, workdir: str, config):
+  """Restores checkpoint `step` onto `template`'s structure, or refuses with the config diff."""
+  saved = load_run_config(workdir)
+  changes = config_differences(saved, config) if saved is not None else []
+  try:
+    state, progress = checkpoint.restore(manager, step, template)
+  except checkpoint.IncompatibleCheckpoint as e:
+    raise UserError(
+        f'{workdir} holds a checkpoint (step {step:,}) of a different model, optimizer or dataset, '
+        'so this config cannot resume it. Changed settings:\n  '
+        + '\n  '.join(changes or ['(none recorded)'])
+        + f'\nThe saved state differs: {e}.\nUse a new --workdir, or keep these settings.'
+    ) from None
+  distributed.log(f'Resuming from the checkpoint at step {step:,}'
+      + (' with changed settings: ' + '; '.join(changes) if changes else '') + '.')
+  return state, progress
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+def _accumulate(sums: np.ndarray, pending: list) -> None:
+  """Adds the pending per-step train metrics into the running sums [N, 3], in step order, in
+  float64. The same additions in the same order happen whether or not the run was resumed in
+  between (the sums travel in the checkpoints), so logged averages are bitwise identical."""
+  for metrics in jax.device_get(pending):  # [], [K] (K scanned steps) or [N] (members) each.
+    loss, accuracy = (np.reshape(metrics[k], (-1, len(sums))) for k in ('loss', 'accuracy'))
+    for step_loss, step_accuracy in zip(loss, accuracy):
+      sums[:, 0] += step_loss
+      sums[:, 1] += step_accuracy
+      sums[:, 2] += 1
+  pending.clear()
+
+
+def _eval_line(done: int, plan: Plan, split: str, finals: list[dict], seconds: float) -> str:
+  if len(finals) == 1:
+    return (f'step {done:>6,}/{plan.num_steps:,}  epoch {done / plan.steps_per_epoch:6.2f}  '
+            f'{split} loss {finals[0]["loss"]:.4f}  accuracy {finals[0]["accuracy"]:.2%}  '
+            f'({seconds:.1f} s)')
+  accuracies = [f['accuracy'] for f in finals]
+  return (f'step {done:>6,}/{plan.num_steps:,}  {split} accuracy: best {max(accuracies):.2%} '
+          f'(member {int(np.argmax(accuracies))}), median {np.median(accuracies):.2%}, worst '
+          f'{min(accuracies):.2%}  ({seconds:.1f} s)')
+
+
+def fit(trainee: Trainee, state, runner, evaluate_all: Callable[[Any], list[dict]], plan: Plan,
+        managers: list, progress: list[dict], eval_split: str, started: float,
+        progress_bar: bool = True, on_eval: Callable | None = None) -> list[dict]:
+  """Trains `state` from its step to plan.num_steps; returns each member's last eval metrics.
+
+  Logs, evaluates and checkpoints when `plan` says so, and checkpoints on a timer and on SIGTERM
+  or Ctrl-C. `on_eval(step, metrics)` runs after each evaluation (a sweep prunes by raising).
+
+  Raises:
+    signals.TrainingInterrupted: a stop signal arrived; every member was checkpointed first.
+  """
+  size = len(trainee.workdirs)
+  done = start_step = step_of(trainee, state)
+  main = distributed.is_main_process()
+  writers = [MetricWriter(w, resume_step=start_step, elapsed=p.get('elapsed', 0.0), enabled=main)
+             for w, p in zip(trainee.workdirs, progress)]
+  sums = np.asarray([[p.get('train_sums', {}).get(k, 0.0) for k in _SUMS] for p in progress],
+                    np.float64)  # [N, 3]
+  pending, finals, last_save = [], [{}] * size, time.time()
+  bar = tqdm(initial=start_step, total=plan.num_steps, unit='step', dynamic_ncols=True,
+             disable=None if progress_bar and main else True)
+  with signals.StopRequest() as stop:
+    while done < plan.num_steps:
+      count = min(plan.steps_per_dispatch, plan.next_stop(done) - done)
+      state, metrics = runner(state, done, count)
+      pending.append(metrics)  # Train metrics stay on the device until logged or saved.
+      done += count
+      bar.update(count)
+      due = plan.due(done)
+      if due['log']:
+        _accumulate(sums, pending)
+        for writer, member_sums, schedule in zip(writers, sums, trainee.schedules):
+          writer.write(done, 'train', {'loss': member_sums[0] / member_sums[2],
+                                       'accuracy': member_sums[1] / member_sums[2],
+                                       'learning_rate': float(schedule(done - 1))})
+        bar.set_postfix(loss=f'{sums[0, 0] / sums[0, 2]:.4f}', acc=f'{sums[0, 1] / sums[0, 2]:.3f}')
+        sums[:] = 0
+      if due['eval']:
+        finals = evaluate_all(state)
+        for writer, member_metrics in zip(writers, finals):
+          writer.write(done, 'eval', member_metrics)
+        if on_eval is not None:
+          on_eval(done, finals)
+        if main:
+          bar.write(_eval_line(done, plan, eval_split, finals, time.time() - started))
+      timed = plan.save_every_minutes and time.time() - last_save > 60 * plan.save_every_minutes
+      if due['save'] or stop.requested or timed:
+        _accumulate(sums, pending)  # The running sums travel in the checkpoints.
+        for manager, writer, member, member_sums, metrics in zip(
+            managers, writers, trainee.split(state), sums, finals):
+          checkpoint.save(manager, member, {'train_sums': dict(zip(_SUMS, member_sums.tolist())),
+                                            'elapsed': writer.elapsed()},
+                          metrics if due['eval'] else None)
+        last_save = time.time()
+      if stop.requested:
+        break
+  bar.close()
+  for writer in writers:
+    writer.close()
+  for manager in managers:
+    manager.wait_until_finished()  # The last save is asynchronous: complete it first.
+  if stop.requested:
+    raise signals.TrainingInterrupted(stop.signum, done)
+  return finals if finals[0] else evaluate_all(state)  # A finished run re-run: its result.

@@ -1,0 +1,171 @@
+"""`train_and_evaluate(config, workdir)`: one model, or a population of them, from config to result.
+
+This is the one place besides the command-line tools that reads the config; everything it calls
+takes plain arguments. It reads top to bottom in data-flow order: check, data, model, state,
+the loop (`cnn_jax.training.loop`), the result. Copy it and change it: there are no callbacks or
+hooks to learn.
+"""
+
+import os
+import time
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from cnn_jax import data, models
+from cnn_jax.models import summary
+from cnn_jax.runtime import distributed
+from cnn_jax.training import checkpoint, cpu_kernels, loop, population, setup, steps
+from cnn_jax.training.augment import Augmentation
+from cnn_jax.training.validation import validate_config
+from cnn_jax.training.workdir import save_dataset_record, save_run_record
+
+
+def report_skipped(dataset, workdir: str) -> None:
+  """Prints how many unreadable files were left out and lists them all in the workdir."""
+  if not distributed.is_main_process():
+    return
+  skipped = [(split, f, reason) for split, part in (('train', dataset.train),
+                                                     ('eval', dataset.eval))
+             for f, reason in getattr(part, 'skipped', ())]  # A TFDS source has none.
+  if not skipped:
+    return
+  path = os.path.join(workdir, 'skipped_files.txt')
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    f.writelines(f'{split}\t{name}\t{reason}\n' for split, name, reason in skipped)
+  shown = '; '.join(f'{name} ({reason})' for _, name, reason in skipped[:3])
+  print(f'Skipped {len(skipped):,} unreadable file(s), e.g. {shown}. All are listed in {path}.',
+        flush=True)
+
+
+def single_model(config: ml_collections.ConfigDict, model, image_shape: tuple[int, int, int],
+                 num_steps: int, workdir: str) -> loop.Trainee:
+  """The loop's view of one model trained as `config` says."""
+  tx, schedule = setup.build_optimizer(config, num_steps)
+  return loop.Trainee(
+      init=lambda: steps.create_train_state(model, tx, jax.random.key(config.seed), image_shape),
+      train_step=steps.train_step_fn(model, tx, config.label_smoothing,
+                                     Augmentation(**config.augment)),
+      eval_step=steps.eval_step_fn(model), configs=(config,), workdirs=(workdir,),
+      schedules=(schedule,))
+
+
+def _runner(trainee: loop.Trainee, config, dataset, plan: setup.Plan, start_step: int, mesh: Mesh):
+  """The step runner, chosen once: batches from the host, or gathered from a split on the device."""
+  options = cpu_kernels.compiler_options(config.cpu_kernels)
+  batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
+  if config.data.on_device:
+    return loop.DeviceSplit(trainee.train_step, dataset, config.batch_size, plan.shuffle_seed,
+                            batch_sharding, NamedSharding(mesh, PartitionSpec()), options)
+  d = config.data
+  batches = loop.device_train_batches(dataset, config.batch_size, plan.shuffle_seed, start_step,
+                                      batch_sharding, d.workers, d.worker_processes, d.prefetch)
+  return loop.HostBatches(trainee.train_step, batches, options)
+
+
+def _describe(config, info: data.DatasetInfo, dataset, plan: setup.Plan, mesh: Mesh,
+              model) -> str:
+  """What a single-model run is about to do, with its model summary."""
+  processes = f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''
+  return (f'{info.name}: {len(dataset.train):,} training and {len(dataset.eval):,} eval images of '
+          f'{info.image_shape}, {info.num_classes} classes; {plan.num_steps:,} steps of '
+          f'{config.batch_size} ({plan.num_steps / plan.steps_per_epoch:.1f} epochs) on '
+          f'{mesh.size} {jax.devices()[0].platform.upper()} device(s){processes}.\n'
+          + summary.format_summary(summary.summarize(model, info.image_shape)))
+
+
+def _result(finals: list[dict], trainee: loop.Trainee, config, plan: setup.Plan, workdir: str,
+            seconds: float) -> dict[str, float]:
+  """Reports the final evaluation (a population: ranks its members in population.json)."""
+  best = int(np.argmax([f['accuracy'] for f in finals]))
+  split = config.data.eval_split
+  if trainee.stacked:
+    os.makedirs(workdir, exist_ok=True)
+    population.summarise(workdir, trainee.workdirs, trainee.configs, config, finals)
+    distributed.log(f'Best member: {best} ({trainee.workdirs[best]}), {split} accuracy '
+        f'{finals[best]["accuracy"]:.2%}; {len(finals)} models, {plan.num_steps:,} steps in '
+        f'{seconds:.1f} s.')
+  else:
+    distributed.log(f'Final {split} accuracy: {finals[0]["accuracy"]:.2%} '
+        f'({int(round(finals[0]["accuracy"] * finals[0]["count"]))}/{int(finals[0]["count"])}) '
+        f'after {plan.num_steps:,} steps in {seconds:.1f} s.')
+  return {**finals[best], 'member': best}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       on_eval: Callable[[int, dict[str, float]], None] | None = None,
+                       member_workdirs: list[str] | None = None) -> dict[str, float]:
+  """Trains the model described by `config`, or resumes the run in `workdir` if it has one.
+
+  With config.population.size > 1, trains that many models at once (`training.population`), each
+  written as a run of its own in WORKDIR/member_XX, or in `member_workdirs` (a sweep's trial
+  directories; WORKDIR then holds only population.json). `on_eval(step, eval_metrics)`, if given,
+  is called after each evaluation of a single model; an exception it raises ends training there
+  (a sweep uses this to prune an unpromising trial).
+
+  Returns:
+    The best member's final metrics on config.data.eval_split, {'loss', 'accuracy', 'count',
+    'member'} (a single model is member 0).
+
+  Raises:
+    UserError: a mistake in the config or data, or a workdir this config cannot resume.
+    signals.TrainingInterrupted: SIGTERM or Ctrl-C; a checkpoint of every member was saved first.
+  """
+  # ---- check everything before any work ----------------------------------------------------------
+  mesh = Mesh(np.asarray(jax.devices()), ('data',))  # One data axis; one device is a mesh of one.
+  validate_config(config, num_devices=mesh.size)
+  members = population.member_configs(config) if config.population.size > 1 else None
+  source = data.open_source(setup.data_spec(config))
+  info = source.describe()
+  model = setup.build_model(config, info.num_classes)
+  models.check_fits(model, info.image_shape)
+
+  # ---- data, plan, and what trains: one model or a population -------------------------------------
+  started = time.time()
+  dataset = setup.load_data(config, source)
+  report_skipped(dataset, workdir)
+  plan = setup.make_plan(config, len(dataset.train))
+  if members:
+    trainee = population.population_trainee(
+        config, members, model, info.image_shape, plan.num_steps,
+        member_workdirs or [population.member_dir(workdir, i) for i in range(len(members))])
+    distributed.log(population.describe(config, members, info, plan.num_steps))
+  else:
+    trainee = single_model(config, model, info.image_shape, plan.num_steps, workdir)
+    distributed.log(_describe(config, info, dataset, plan, mesh, model))
+
+  # ---- state: fresh, warm-started or resumed; then the loop ---------------------------------------
+  replicated = NamedSharding(mesh, PartitionSpec())
+  # Created inside jit with a replicated output: every process then holds the same global state.
+  state = jax.jit(trainee.init, out_shardings=replicated)()
+  ckpt = config.checkpoint
+  managers = [checkpoint.open_manager(w, ckpt.keep_last, ckpt.keep_best, ckpt.best_metric)
+              for w in trainee.workdirs]
+  runner = None
+  try:  # `finally` closes the managers and the runner (a stream's workers), however the run ends.
+    state, progress = loop.restore(trainee, managers, state)
+    if not progress[0] and config.init_from:
+      state = trainee.join([checkpoint.warm_start(s, config.init_from, config.init_layers)
+                            for s in trainee.split(state)])
+    if distributed.is_main_process():
+      for member_workdir, member_config in zip(trainee.workdirs, trainee.configs):
+        save_run_record(member_workdir, member_config)
+        save_dataset_record(member_workdir, dataset.info, dataset.normalizer)
+    runner = _runner(trainee, config, dataset, plan, loop.step_of(trainee, state), mesh)
+    eval_step = jax.jit(trainee.eval_step)
+    batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
+    evaluate_all = lambda s: loop.evaluate(eval_step, s, loop.device_eval_batches(
+        dataset, config.eval_batch_size, batch_sharding, config.data.workers))
+    single_on_eval = None if on_eval is None else lambda step, finals: on_eval(step, finals[0])
+    finals = loop.fit(trainee, state, runner, evaluate_all, plan, managers, progress,
+                      config.data.eval_split, started, config.progress_bar, single_on_eval)
+  finally:
+    if runner is not None:
+      runner.close()
+    for manager in managers:
+      manager.close()
+  return _result(finals, trainee, config, plan, workdir, time.time() - started)
