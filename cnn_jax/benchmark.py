@@ -14,19 +14,11 @@ trains on the config's real dataset until the eval accuracy reaches it (see
 """
 
 import json
-import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from cnn_jax import cli, data, models
-from cnn_jax.benchmarks import time_to_accuracy, torch_reference
-from cnn_jax.training import cpu_kernels, setup, steps
-from cnn_jax.training.augment import Augmentation
-from cnn_jax.training.validation import validate_config
+from cnn_jax import cli
 
 
 
@@ -48,132 +40,6 @@ def define_flags() -> None:
                     '(with --config.data.stream=True: the stream); no model is run.')
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
   flags.mark_flag_as_required('config')
-
-
-def _timed(fn, *args) -> tuple[float, object]:
-  start = time.perf_counter()
-  out = jax.block_until_ready(fn(*args))
-  return time.perf_counter() - start, out
-
-
-def host_batches(config, num_steps: int, real_data: bool
-                 ) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
-  """Returns the host batches to time and, for real data, the input pipeline's images/s."""
-  validate_config(config)  # Before any data is loaded.
-  spec = setup.data_spec(config)
-  info = data.describe_dataset(spec)
-  size = config.batch_size
-  results = {}
-  if real_data and config.data.stream:
-    batches, results = _streamed_batches(config, spec, num_steps)
-  elif real_data:
-    start = time.perf_counter()  # Input alone: decoding (or reading the cache) of the train split.
-    loaded = len(data.load_split(spec, config.data.train_split))
-    results['load_images_per_s'] = loaded / (time.perf_counter() - start)
-    dataset = data.load_dataset(spec, config.data.train_split, config.data.eval_split)
-    make = lambda i: data.train_batch(dataset.train, dataset.normalizer, size, config.seed, i)
-    start = time.perf_counter()
-    batches = [make(i) for i in range(num_steps)]
-    results['host_batches_images_per_s'] = num_steps * size / (time.perf_counter() - start)
-  else:
-    rng = np.random.default_rng(config.seed)
-    batches = [{'image': rng.normal(size=(size, *info.image_shape)).astype(np.float32),
-                'label': rng.integers(0, info.num_classes, size).astype(np.int32)}
-               for _ in range(min(num_steps, 8))]
-  return batches, results
-
-
-def _streamed_batches(config, spec, num_steps: int) -> tuple[list, dict[str, float]]:
-  """Draws `num_steps` batches from the config's stream (data.stream=True), timing the input alone:
-  opening the splits (fitting the normalisation; writing the decoded cache on first use), the
-  first batch (worker start-up), then the steady rate."""
-  d = config.data
-  start = time.perf_counter()
-  dataset = data.stream_dataset(spec, d.train_split, d.eval_split)
-  results = {'stream_open_s': time.perf_counter() - start}
-  stream = data.stream.train_batches(dataset.train, dataset.prepare, dataset.normalizer,
-                                     config.batch_size, config.seed, threads=d.workers,
-                                     worker_processes=d.worker_processes, prefetch=d.prefetch)
-  start = time.perf_counter()
-  batches = [next(stream)]
-  results['stream_first_batch_s'] = time.perf_counter() - start
-  timed = max(num_steps - 1, 1)  # Steady state: the batches after the first.
-  start = time.perf_counter()
-  batches += [next(stream) for _ in range(timed)]
-  results['host_batches_images_per_s'] = timed * config.batch_size / (time.perf_counter() - start)
-  stream.close()
-  return batches[:num_steps], results
-
-
-def measure(config, num_steps: int, warmup: int, real_data: bool,
-            inputs: tuple[list, dict] | None = None) -> dict[str, float]:
-  """Returns compile seconds and images/s of the train and eval steps for `config`.
-
-  `inputs`: `host_batches(config, num_steps, real_data)`, when another measurement shares them.
-  """
-  validate_config(config)
-  info = data.describe_dataset(setup.data_spec(config))
-  model = setup.build_model(config, info.num_classes)
-  models.check_fits(model, info.image_shape)
-  tx, _ = setup.build_optimizer(config, num_steps + warmup)
-  state = steps.create_train_state(model, tx, jax.random.key(config.seed), info.image_shape)
-  size, eval_size = config.batch_size, config.eval_batch_size
-  host, input_results = inputs or host_batches(config, num_steps, real_data)
-  results = dict(input_results)
-  batches = [jax.device_put(b) for b in host]
-
-  options = cpu_kernels.compiler_options(config.cpu_kernels)
-  train_step = steps.make_train_step(model, tx, config.label_smoothing,
-                                     Augmentation(**config.augment), options)
-  start = time.perf_counter()
-  train_step = train_step.lower(state, batches[0]).compile()
-  results['train_compile_s'] = time.perf_counter() - start
-  for i in range(warmup):
-    state, _ = train_step(state, batches[i % len(batches)])
-  jax.block_until_ready(state)  # Dispatch is asynchronous: keep warm-up out of the timed steps.
-  elapsed, (state, _) = _timed(_run, train_step, state, batches, num_steps)
-  results['train_images_per_s'] = num_steps * size / elapsed
-
-  eval_step = steps.make_eval_step(model)
-  eval_batch = {'image': jnp.zeros((eval_size, *info.image_shape), jnp.float32),
-                'label': jnp.zeros((eval_size,), jnp.int32), 'mask': jnp.ones((eval_size,))}
-  start = time.perf_counter()
-  eval_step = eval_step.lower(state, eval_batch).compile()
-  results['eval_compile_s'] = time.perf_counter() - start
-  for _ in range(warmup):
-    jax.block_until_ready(eval_step(state, eval_batch))
-  elapsed, _ = _timed(lambda: [eval_step(state, eval_batch) for _ in range(num_steps)])
-  results['eval_images_per_s'] = num_steps * eval_size / elapsed
-  return results
-
-
-def _run(train_step, state, batches, num_steps):
-  for i in range(num_steps):
-    state, metrics = train_step(state, batches[i % len(batches)])
-  return state, metrics
-
-
-def compare_with_torch(config, num_steps: int, warmup: int, inputs: tuple[list, dict],
-                       results: dict[str, float]) -> dict[str, float]:
-  """Returns the PyTorch reference's figures on the same host batches (keys prefixed 'torch_')
-  and the ratios 'train_ratio' and 'eval_ratio' of cnn_jax's images/s to PyTorch's."""
-  measured = torch_reference.measure_torch(config, num_steps, warmup, inputs[0])
-  return {**{f'torch_{k}': v for k, v in measured.items()},
-          **{f'{k}_ratio': results[f'{k}_images_per_s'] / measured[f'{k}_images_per_s']
-             for k in ('train', 'eval')}}
-
-
-def time_to_target(config, target: float, max_epochs: int, against_torch: bool) -> dict:
-  """Returns seconds, epochs and accuracy to reach `target` for cnn_jax (and for PyTorch, with
-  keys prefixed 'torch_') on the config's real dataset, loaded once for both."""
-  dataset = data.load_dataset(setup.data_spec(config), config.data.train_split,
-                              config.data.eval_split)
-  runs = {'': time_to_accuracy.time_to_accuracy(config, dataset, target, max_epochs)}
-  if against_torch:
-    runs['torch_'] = torch_reference.time_to_accuracy_torch(config, dataset, target, max_epochs)
-  rename = {'seconds': 's'}
-  return {'target_accuracy': target, **{f'{prefix}time_to_target_{rename.get(k, k)}': v
-                                        for prefix, run in runs.items() for k, v in run.items()}}
 
 
 def _print_rows(results: dict[str, float]) -> None:
@@ -201,13 +67,18 @@ def _print_time_to_target(results: dict, eval_split: str, max_epochs: int) -> No
 
 
 def main(argv: list[str]) -> None:
-  del argv
+  del argv  # cli.run refuses any.
   args = flags.FLAGS
   config = cli.parsed_config()
+  # Imported once the flags are parsed: --help and flag mistakes answer without loading JAX.
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from cnn_jax.benchmarks import throughput, torch_reference
+  # pylint: enable=g-import-not-at-top
   against_torch = args.against == 'torch'
   if against_torch:  # Fail now, not after the cnn_jax measurement: no torch, or not a ConvNet.
     torch_reference.check_config(config)
-  inputs = host_batches(config, args.steps, args.data == 'real' or args.input_only)
+  inputs = throughput.host_batches(config, args.steps, args.data == 'real' or args.input_only)
   if args.input_only and args.json:
     print(json.dumps({k: round(v, 3) for k, v in inputs[1].items()}))
     return
@@ -216,10 +87,10 @@ def main(argv: list[str]) -> None:
           f'({"streamed" if config.data.stream else "from memory"})')
     _print_rows(inputs[1])
     return
-  results = measure(config, args.steps, args.warmup, args.data == 'real', inputs)
-  compared = (compare_with_torch(config, args.steps, args.warmup, inputs, results)
+  results = throughput.measure(config, args.steps, args.warmup, args.data == 'real', inputs)
+  compared = (throughput.compare_with_torch(config, args.steps, args.warmup, inputs, results)
               if against_torch else {})
-  reached = (time_to_target(config, args.target_accuracy, args.max_epochs, against_torch)
+  reached = (throughput.time_to_target(config, args.target_accuracy, args.max_epochs, against_torch)
              if args.target_accuracy > 0 else {})
   if args.json:
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v

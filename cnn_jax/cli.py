@@ -79,14 +79,21 @@ def parsed_config(flag_name: str = 'config') -> ml_collections.ConfigDict:
   _exit_with(f'could not load the config {path!r}: {problem}')
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """Runs `main(argv)` as an absl app; a UserError it raises becomes a message and exit 2."""
+def run(main: Callable[[list[str]], None], takes_arguments: bool = False) -> None:
+  """Runs `main(argv)` as an absl app; a UserError it raises becomes a message and exit 2.
+
+  A command that does not `takes_arguments` (every one but predict's files) refuses words that
+  are not flags, rather than ignoring them: a forgotten `--` or `=` is a mistake to report.
+  """
 
   def guarded_main(argv):
     # Library log lines (JAX's "Unable to initialize backend 'tpu'", orbax's note that a periodic
     # checkpoint has no metrics) are noise to a user; cnn_jax prints what matters itself.
     logging.set_verbosity(logging.ERROR)
     try:
+      if len(argv) > 1 and not takes_arguments:
+        raise UserError(f'unexpected arguments {argv[1:]}: this command takes flags only (--help '
+                        'lists them); config settings go in --config.KEY=VALUE')
       main(argv)
     except UserError as e:
       _exit_with(str(e))

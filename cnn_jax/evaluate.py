@@ -11,8 +11,6 @@ import re
 from absl import flags
 
 from cnn_jax import cli
-from cnn_jax.errors import UserError
-from cnn_jax.training import inference
 
 
 
@@ -58,8 +56,9 @@ def write_report(report: dict, workdir: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise UserError(f"unexpected arguments {argv[1:]}")
+  del argv  # cli.run refuses any.
+  # Imported once the flags are parsed: --help and flag mistakes answer without loading JAX.
+  from cnn_jax.training import inference  # pylint: disable=g-import-not-at-top
   args = flags.FLAGS
   report = inference.evaluate_workdir(args.workdir, args.checkpoint, args.split, args.batch_size)
   print(format_report(report))

@@ -10,9 +10,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from cnn_jax import cli
-from cnn_jax.errors import UserError
-from cnn_jax.runtime import distributed, signals
-from cnn_jax.training import train
 
 
 
@@ -30,9 +27,11 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments {argv[1:]}; settings go in --config.KEY=VALUE')
+  del argv  # cli.run refuses any.
   config = cli.parsed_config()
+  # Imported once the flags are parsed: --help and flag mistakes answer without loading JAX.
+  from cnn_jax.runtime import distributed, signals  # pylint: disable=g-import-not-at-top
+  from cnn_jax.training import train  # pylint: disable=g-import-not-at-top
   args = flags.FLAGS
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   try:

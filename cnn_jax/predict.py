@@ -8,17 +8,13 @@ read gets an error line or row, and the other files are still predicted.
 """
 
 import csv
-import dataclasses
 import json
 import os
 
-import numpy as np
 from absl import flags
 
-from cnn_jax import cli, data
-from cnn_jax.data.images import image_files
+from cnn_jax import cli
 from cnn_jax.errors import UserError
-from cnn_jax.training import inference
 
 
 def define_flags() -> None:
@@ -33,53 +29,7 @@ def define_flags() -> None:
   flags.mark_flag_as_required('workdir')
 
 
-@dataclasses.dataclass
-class Prediction:
-  """The result for one file: top-k (class, probability) pairs, or the reason it failed."""
-  file: str
-  top_k: list[tuple[str, float]] = dataclasses.field(default_factory=list)
-  probabilities: np.ndarray | None = None  # [K], in class order.
-  error: str | None = None
-
-
-def expand_paths(paths: list[str]) -> list[str]:
-  """Returns the files named, with each directory replaced by its image files (recursive, sorted).
-
-  Raises:
-    UserError: a path does not exist.
-  """
-  files = []
-  for path in paths:
-    if os.path.isdir(path):
-      files.extend(image_files(path))
-    elif os.path.exists(path):
-      files.append(path)
-    else:
-      raise UserError(f'{path!r} does not exist.')
-  return files
-
-
-def predict_files(trained, files: list[str], top_k: int = 3, batch_size: int = 64,
-                  progress: bool = False) -> list[Prediction]:
-  """Predicts every readable file of `files` with `trained`; unreadable ones carry an error."""
-  arrays, errors = inference.decode_files(trained, files, progress)
-  results = [Prediction(path, error=errors.get(path)) for path in files]
-  readable = [r for r, array in zip(results, arrays) if array is not None]
-  if readable:
-    normalizer = inference.file_normalizer(trained)
-    pixels = np.stack([array for array in arrays if array is not None])
-    split = data.Split(pixels, np.zeros(len(pixels), np.int32))
-    logits = inference.batched_logits(trained, data.eval_batches(split, normalizer, batch_size),
-                                      -(-len(pixels) // batch_size), progress)
-    names = trained.info.class_names
-    for result, probs in zip(readable, inference.softmax(logits)):
-      order = np.argsort(-probs, kind='stable')[:top_k]
-      result.top_k = [(names[k], float(probs[k])) for k in order]
-      result.probabilities = probs
-  return results
-
-
-def write_csv(predictions: list[Prediction], path: str, class_names: tuple[str, ...],
+def write_csv(predictions: list, path: str, class_names: tuple[str, ...],
               names: list[str], all_probabilities: bool = False) -> None:
   """Writes one row per file: file, prediction, probability, error [, one column per class]."""
   header = ['file', 'prediction', 'probability', 'error']
@@ -111,7 +61,7 @@ def display_names(arguments: list[str], files: list[str]) -> list[str]:
   return names
 
 
-def format_prediction(p: Prediction) -> str:
+def format_prediction(p) -> str:
   """One line per file: 'file: class (p%)  other q%  ...' or 'file: error: ...'."""
   if p.error:
     return f'{p.file}: error: {p.error}'
@@ -121,13 +71,16 @@ def format_prediction(p: Prediction) -> str:
 
 
 def main(argv: list[str]) -> None:
+  # Imported once the flags are parsed: --help and flag mistakes answer without loading JAX.
+  from cnn_jax.data.images import expand_paths  # pylint: disable=g-import-not-at-top
+  from cnn_jax.training import inference  # pylint: disable=g-import-not-at-top
   args = flags.FLAGS
   files = expand_paths(argv[1:])
   if not files:
     raise UserError('no image files given; usage: python -m cnn_jax.predict --workdir W '
                     'IMAGE_OR_DIR [...]')
   trained = inference.load_trained(args.workdir, args.checkpoint)
-  predictions = predict_files(trained, files, args.top_k, args.batch_size,
+  predictions = inference.predict_files(trained, files, args.top_k, args.batch_size,
                               progress=bool(args.csv))
   if args.csv:
     write_csv(predictions, args.csv, trained.info.class_names, display_names(argv[1:], files),
@@ -149,4 +102,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  cli.run(main)
+  cli.run(main, takes_arguments=True)

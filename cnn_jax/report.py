@@ -3,27 +3,13 @@
 Writes W/report/index.html with PNG figures beside it: training curves, the confusion matrix and
 per-class accuracy, the first layer's filters, the feature maps of every conv and pooling layer
 for one image, and the most confidently wrong examples, with the config, the model summary and
-the final metrics. Everything comes from the workdir; no display is needed.
+the final metrics (see `cnn_jax.reporting.run_report`). Everything comes from the workdir; no
+display is needed.
 """
 
-import html
-import json
-import os
-import shutil
-
-import flax.linen as nn
-import numpy as np
 from absl import flags
 
 from cnn_jax import cli
-from cnn_jax.errors import UserError
-from cnn_jax.models import layers, summary
-from cnn_jax.runtime.writers import read_metrics
-from cnn_jax.sweeps.leaderboard import SWEEP_FILE
-from cnn_jax.training import inference
-
-MAX_FEATURE_LAYERS = 12  # Rows of the feature-map figure; a ResNet has dozens of layers.
-NUM_MISTAKES = 12
 
 
 def define_flags() -> None:
@@ -36,160 +22,13 @@ def define_flags() -> None:
   flags.mark_flag_as_required('workdir')
 
 
-def _capture(trained, image: np.ndarray, layer_names: list[str]) -> list[tuple[str, np.ndarray]]:
-  """Returns (name, activations [H, W, C]) of the named layers for one normalised image."""
-  kinds = (nn.Conv, layers.Conv, layers.Pool)
-  wanted = lambda module, method: method == '__call__' and isinstance(module, kinds)
-  _, state = trained.model.apply(trained.variables, image[None], train=False,
-                                 capture_intermediates=wanted, mutable=['intermediates'])
-  captured = []
-  for name in layer_names:
-    node = state['intermediates']
-    for part in name.split('/'):
-      node = node[part]
-    captured.append((name, np.asarray(node['__call__'][0][0])))
-  return captured
-
-
-def _feature_map_input(trained, examples, image_path: str | None):
-  """Returns (raw image to show, normalised image to run) from --image or the first example."""
-  if image_path is None:
-    raw = examples.images[0]
-    return raw, trained.normalizer(raw)
-  arrays, errors = inference.decode_files(trained, [image_path])
-  if arrays[0] is None:
-    raise UserError(f'--image {image_path!r}: {errors.get(image_path)}')
-  return arrays[0], inference.file_normalizer(trained)(arrays[0])
-
-
-def _mistake_panels(examples, logits: np.ndarray, class_names) -> tuple[np.ndarray, list[str]]:
-  probabilities = inference.softmax(logits)
-  predicted = probabilities.argmax(-1)
-  wrong = np.flatnonzero(predicted != examples.labels)
-  worst = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind='stable')][:NUM_MISTAKES]
-  titles = [f'true {class_names[examples.labels[i]]}\npredicted {class_names[predicted[i]]} '
-            f'({probabilities[i, predicted[i]]:.0%})' for i in worst]
-  return examples.images[worst], titles
-
-
-def build_sweep_report(workdir: str) -> str:
-  """For a sweep's workdir: the leaderboard and the metric against each swept value."""
-  table, plot = os.path.join(workdir, 'leaderboard.md'), os.path.join(workdir, 'sweep.png')
-  if not os.path.exists(table):
-    raise UserError(f'{workdir} is a sweep without results yet; run its cnn_jax.sweep command '
-                    'to the end first.')
-  out = os.path.join(workdir, 'report')
-  os.makedirs(out, exist_ok=True)
-  with open(table, encoding='utf-8') as f:
-    rows = [line.strip().strip('|').split('|') for line in f if line.startswith('|')]
-  header, body = rows[0], rows[2:]
-  cells = lambda row, tag: ''.join(f'<{tag}>{html.escape(c.strip())}</{tag}>' for c in row)
-  figures_html = ''
-  if os.path.exists(plot):
-    shutil.copy(plot, os.path.join(out, 'sweep.png'))
-    figures_html = ('<h2>Best eval accuracy against each swept value</h2>'
-                    '<img src="sweep.png" alt="metric against swept values">')
-  with open(os.path.join(workdir, SWEEP_FILE), encoding='utf-8') as f:
-    definition = json.load(f)
-  index = os.path.join(out, 'index.html')
-  with open(index, 'w', encoding='utf-8') as f:
-    f.write(f'''<!doctype html>
-<html><head><meta charset="utf-8"><title>cnn_jax sweep: {html.escape(workdir)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} img{{max-width:100%}}
-td,th{{padding:0 .8em;text-align:right}}</style></head><body>
-<h1>Sweep {html.escape(os.path.basename(os.path.abspath(workdir)))}</h1>
-<p>Sampler {html.escape(str(definition["sampler"]))}; swept: {html.escape("; ".join(definition["sweep"]))}.
-Each trial's own report: <code>python -m cnn_jax.report --workdir TRIAL_WORKDIR</code>.</p>
-<h2>Leaderboard</h2><table><tr>{cells(header, "th")}</tr>
-{"".join(f"<tr>{cells(row, 'td')}</tr>" for row in body)}</table>
-{figures_html}
-</body></html>
-''')
-  return index
-
-
-def build_report(workdir: str, which: str = 'latest', image_path: str | None = None,
-                 split: str | None = None) -> str:
-  """Writes workdir/report/ (figures + index.html); returns the path of index.html.
-
-  A sweep's workdir gets the sweep's report instead (see `build_sweep_report`).
-  """
-  if os.path.exists(os.path.join(workdir, SWEEP_FILE)):
-    return build_sweep_report(workdir)
-  from cnn_jax.reporting import figures  # pylint: disable=g-import-not-at-top  # matplotlib
-  trained = inference.load_trained(workdir, which)
-  split = split or trained.config.data.eval_split
-  out = os.path.join(workdir, 'report')
-  os.makedirs(out, exist_ok=True)
-  path = lambda name: os.path.join(out, name)
-
-  records = read_metrics(workdir)
-  examples, logits = inference.split_logits(trained, split)
-  metrics = inference.evaluation_report(trained, split, examples.labels, logits)
-  rows = summary.summarize(trained.model, trained.info.image_shape, trained.variables)
-  first_conv = next(r for r in rows if r.kind == 'Conv')
-  kernel = trained.variables['params']
-  for part in first_conv.name.split('/'):
-    kernel = kernel[part]
-  filters_shape = (f'{kernel["kernel"].shape[-1]} filters of '
-                   f'{"×".join(map(str, kernel["kernel"].shape[:3]))}')  # kh×kw×C_in
-  shown, normalised = _feature_map_input(trained, examples, image_path)
-  layer_names = [r.name for r in rows if r.kind in ('Conv', 'Pool')][:MAX_FEATURE_LAYERS]
-  bad_images, bad_titles = _mistake_panels(examples, logits, trained.info.class_names)
-
-  sections = [
-      ('Training curves', figures.training_curves(records, path('curves.png'))),
-      (f'Confusion matrix on {split!r}',
-       figures.confusion(np.asarray(metrics['confusion_matrix']), metrics['class_names'],
-                         path('confusion.png'))),
-      (f'Learned filters of {first_conv.name}: {filters_shape}',
-       figures.filter_grid(np.asarray(kernel['kernel']), path('filters.png'),
-                           f'{first_conv.name}: {filters_shape}')),
-      ('Feature maps' + (f' of {os.path.basename(image_path)}' if image_path else
-                         f' of the first {split!r} image')
-       + ' (conv outputs before the activation; pooling after it)',
-       figures.feature_maps(shown, _capture(trained, normalised, layer_names),
-                            path('feature_maps.png'))),
-      ('Most confidently wrong', figures.mistakes(bad_images, bad_titles, path('mistakes.png'))),
-  ]
-  index = path('index.html')
-  with open(index, 'w', encoding='utf-8') as f:
-    f.write(_html(trained, metrics, summary.format_summary(rows), sections))
-  return index
-
-
-def _percent(value: float | None) -> str:
-  return '' if value is None else f'{value:.2%}'
-
-
-def _html(trained, metrics: dict, summary_text: str, sections) -> str:
-  esc = html.escape
-  per_class = ''.join(
-      f'<tr><td>{esc(name)}</td><td>{row["correct"]}/{row["count"]}</td>'
-      f"<td>{_percent(row['accuracy'])}</td></tr>"
-      for name, row in metrics['per_class'].items())
-  figures_html = ''.join(f'<h2>{esc(title)}</h2><img src="{os.path.basename(png)}" '
-                         f'alt="{esc(title)}">' for title, png in sections)
-  return f'''<!doctype html>
-<html><head><meta charset="utf-8"><title>cnn_jax report: {esc(trained.workdir)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} img{{max-width:100%}}
-pre{{background:#f5f5f5;padding:1em;overflow-x:auto}} td{{padding:0 1em}}</style></head><body>
-<h1>{esc(os.path.basename(os.path.abspath(trained.workdir)))}</h1>
-<p>Checkpoint step {trained.step:,}. On split {esc(metrics["split"])!s}: accuracy
-<b>{metrics["accuracy"]:.2%}</b>, loss {metrics["loss"]:.4f}, {metrics["count"]:,} images.</p>
-<table><tr><th>class</th><th>correct</th><th>accuracy</th></tr>{per_class}</table>
-{figures_html}
-<h2>Model</h2><pre>{esc(summary_text)}</pre>
-<h2>Config</h2><pre>{esc(json.dumps(trained.config.to_dict(), indent=2, default=str))}</pre>
-</body></html>
-'''
-
-
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments {argv[1:]}')
+  del argv  # cli.run refuses any.
+  # Imported once the flags are parsed: --help and flag mistakes answer without loading JAX.
+  from cnn_jax.reporting import run_report  # pylint: disable=g-import-not-at-top
   args = flags.FLAGS
-  print(f'Report written to {build_report(args.workdir, args.checkpoint, args.image, args.split)}')
+  index = run_report.build_report(args.workdir, args.checkpoint, args.image, args.split)
+  print(f'Report written to {index}')
 
 
 if __name__ == '__main__':

@@ -64,8 +64,7 @@ def score(predictions_csv: str, labels_csv: str, file_column: str = '',
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments {argv[1:]}')
+  del argv  # cli.run refuses any.
   args = flags.FLAGS
   result = score(args.predictions, args.labels, args.file_column, args.label_column)
   print(f"accuracy {result['accuracy']:.2%} ({result['correct']:,}/{result['scored']:,} labelled "

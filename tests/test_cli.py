@@ -53,3 +53,24 @@ def test_an_unknown_config_variant_is_named(tmp_path):
   result = _main('--config', 'configs/mnist.py:smal', '--workdir', str(tmp_path))
   assert result.returncode == 2 and "unknown config variant 'smal'" in result.stderr
   assert 'small' in result.stderr and 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('command', ['main', 'evaluate', 'predict', 'report', 'sweep',
+                                     'benchmark'])
+def test_help_answers_without_loading_jax(command):
+  """Each command imports its machinery after its flags are parsed, so --help (and a flag
+  mistake) answers in a fraction of a second."""
+  result = subprocess.run([sys.executable, '-X', 'importtime', '-m', f'cnn_jax.{command}',
+                           '--helpshort'], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          check=False)
+  assert f'cnn_jax.{command}' in result.stdout  # The help text (absl exits with 1 after it).
+  imported = {line.rsplit('|', 1)[-1].strip() for line in result.stderr.splitlines()
+              if line.startswith('import time:')}
+  assert 'absl.flags' in imported and 'jax' not in imported
+
+
+def test_words_that_are_not_flags_are_refused(tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'cnn_jax.benchmark', '--config',
+                           'configs/digits.py', 'steps=10'], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False)
+  assert result.returncode == 2 and "unexpected arguments ['steps=10']" in result.stderr

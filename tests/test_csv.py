@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_jax import data, predict, score
+from cnn_jax import data, score
 from cnn_jax.training import inference, train
 from cnn_jax.data import csv_labels, images
 from cnn_jax.errors import UserError
@@ -151,8 +151,8 @@ def test_csv_predictions_equal_printed_predictions(practice_problem):
   root, _ = practice_problem
   trained = inference.load_trained(str(root / 'run'))
   files = sorted(str(p) for p in (root / 'data' / 'test').glob('14*.png'))
-  batched = predict.predict_files(trained, files, batch_size=7)
-  single = [predict.predict_files(trained, [f], batch_size=1)[0] for f in files]
+  batched = inference.predict_files(trained, files, batch_size=7)
+  single = [inference.predict_files(trained, [f], batch_size=1)[0] for f in files]
   assert [b.top_k[0][0] for b in batched] == [s.top_k[0][0] for s in single]
   np.testing.assert_allclose([b.probabilities for b in batched],
                              [s.probabilities for s in single], rtol=1e-5, atol=1e-7)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnn_jax import data, evaluate, predict
+from cnn_jax import data, evaluate
+from cnn_jax.data import images
 from cnn_jax.training import inference, train
 from cnn_jax.errors import UserError
 from cnn_jax.runtime.writers import read_metrics
@@ -69,7 +70,7 @@ def test_evaluate_names_the_checkpoints_there_are(workdir):
 def test_predict_survives_bad_files_and_predicts_the_rest(workdir, image_dir):
   trained = inference.load_trained(workdir, 'best')
   results = {os.path.basename(r.file): r
-             for r in predict.predict_files(trained, predict.expand_paths([str(image_dir)]))}
+             for r in inference.predict_files(trained, images.expand_paths([str(image_dir)]))}
   assert 'empty file' in results['empty.png'].error
   assert 'not a readable image' in results['notes.jpg'].error
   assert 'truncated' in results['truncated.png'].error
@@ -84,9 +85,9 @@ def test_predict_survives_bad_files_and_predicts_the_rest(workdir, image_dir):
 def test_batched_prediction_equals_one_by_one(workdir, image_dir):
   trained = inference.load_trained(workdir)
   files = sorted(str(p) for p in image_dir.glob('*_label*.png'))
-  batched = predict.predict_files(trained, files, top_k=10, batch_size=5)
+  batched = inference.predict_files(trained, files, top_k=10, batch_size=5)
   for one_file, together in zip(files, batched):
-    alone = predict.predict_files(trained, [one_file], top_k=10, batch_size=1)[0]
+    alone = inference.predict_files(trained, [one_file], top_k=10, batch_size=1)[0]
     assert [n for n, _ in alone.top_k] == [n for n, _ in together.top_k]
     np.testing.assert_allclose([p for _, p in alone.top_k], [p for _, p in together.top_k],
                                rtol=1e-5, atol=1e-7)

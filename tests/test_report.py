@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from cnn_jax import report
+from cnn_jax.reporting import run_report
 from cnn_jax.training import train
 from conftest import REPO, load_config
 
@@ -43,7 +43,7 @@ def digits_run(tmp_path_factory):
 
 
 def test_report_of_a_digits_run(digits_run):
-  page = _assert_report(report.build_report(digits_run))
+  page = _assert_report(run_report.build_report(digits_run))
   assert 'Learned filters of conv_0: 32 filters of 3×3×1' in page
 
 
@@ -64,5 +64,5 @@ def test_report_of_a_colour_cats_vs_dogs_run(tmp_path):
   config.num_steps, config.progress_bar = 4, False
   with tfds.testing.mock_data(num_examples=16):
     train.train_and_evaluate(config, str(tmp_path))
-    page = _assert_report(report.build_report(str(tmp_path)))
+    page = _assert_report(run_report.build_report(str(tmp_path)))
   assert 'filters of 3×3×3' in page  # RGB first-layer filters, drawn in colour.

@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-from cnn_jax import report
+from cnn_jax.reporting import run_report
 from cnn_jax.sweeps import space as sweep_space
 from cnn_jax.training.validation import validate_config
 from cnn_jax.errors import UserError
@@ -59,7 +59,7 @@ def test_a_2x2_grid_runs_every_point_and_writes_its_results(tmp_path):
     assert min(image.size) > 150
   assert _sweep(tmp_path, *GRID).count('\ntrial ') == 0  # Re-running repeats nothing.
   page = (tmp_path / 'report' / 'index.html')
-  assert report.build_report(str(tmp_path)) == str(page)  # A sweep's workdir: its own report.
+  assert run_report.build_report(str(tmp_path)) == str(page)  # A sweep's workdir: its own report.
   text = page.read_text()
   assert text.count('<tr>') == 5 and 'src="sweep.png"' in text  # Header + one row per trial.
   with Image.open(tmp_path / 'report' / 'sweep.png') as image:

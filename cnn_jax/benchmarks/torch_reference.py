@@ -249,7 +249,7 @@ def measure_torch(config, num_steps: int, warmup: int, synthetic_batches: list[d
     config: the cnn_jax config; its model, optimizer, batch sizes and seed are used.
     num_steps: timed steps, after `warmup` untimed ones (of which the first is timed alone).
     synthetic_batches: host batches {'image': float32 [B, H, W, C], 'label': int [B]}, cycled
-      through as `cnn_jax.benchmark.measure` does.
+      through as `cnn_jax.benchmarks.throughput.measure` does.
 
   Returns:
     {'train_first_step_s', 'train_images_per_s', 'eval_first_step_s', 'eval_images_per_s'}.

@@ -5,6 +5,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from cnn_jax.errors import UserError
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
 
@@ -12,6 +14,23 @@ def image_files(directory: str) -> list[str]:
   """Every image file under `directory` (recursively, by extension), sorted."""
   return sorted(os.path.join(root, name) for root, _, names in os.walk(directory)
                 for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+  """Returns the files named, with each directory replaced by its image files (recursive, sorted).
+
+  Raises:
+    UserError: a path does not exist.
+  """
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      files.extend(image_files(path))
+    elif os.path.exists(path):
+      files.append(path)
+    else:
+      raise UserError(f'{path!r} does not exist.')
+  return files
 
 
 class UnreadableImage(Exception):

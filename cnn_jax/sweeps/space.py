@@ -22,6 +22,8 @@ import ml_collections
 from cnn_jax.errors import UserError
 
 KINDS = ('choice', 'uniform', 'loguniform', 'int')
+SAMPLERS = ('grid', 'random', 'tpe')  # How the space is explored (Optuna samplers).
+PRUNERS = ('none', 'median', 'halving')  # How unpromising trials are stopped early.
 
 
 @dataclasses.dataclass(frozen=True)

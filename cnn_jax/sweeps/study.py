@@ -9,8 +9,6 @@ from optuna.storages import journal
 from cnn_jax.errors import UserError
 from cnn_jax.sweeps import space
 
-SAMPLERS = ('grid', 'random', 'tpe')
-PRUNERS = ('none', 'median', 'halving')
 STUDY_NAME = 'cnn_jax'
 
 

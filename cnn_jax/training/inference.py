@@ -1,5 +1,6 @@
 """A trained model restored from its workdir alone, and what is computed with it: logits over
-batches, an evaluation report of a split, and image files prepared as its training data was.
+batches, an evaluation report of a split, and predictions for image files prepared exactly as its
+training data was.
 
 evaluate, predict, report and sweep need nothing but `--workdir`: the config, the dataset record
 (classes, image shape, input normalisation) and the checkpoints are all there.
@@ -163,3 +164,33 @@ def file_normalizer(trained: TrainedModel) -> data.Normalizer:
   digits' raw 0–16 and a PNG's 0–255 both map to [0, 1].
   """
   return dataclasses.replace(trained.normalizer, max_value=FILE_PIXEL_MAX)
+
+
+@dataclasses.dataclass
+class Prediction:
+  """The result for one file: top-k (class, probability) pairs, or the reason it failed."""
+  file: str
+  top_k: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+  probabilities: np.ndarray | None = None  # [K], in class order.
+  error: str | None = None
+
+
+def predict_files(trained: TrainedModel, files: list[str], top_k: int = 3, batch_size: int = 64,
+                  progress: bool = False) -> list[Prediction]:
+  """Predicts every readable file of `files` with `trained`, in fixed-size jitted batches;
+  unreadable ones carry an error. With `progress`, tqdm bars show on a terminal."""
+  arrays, errors = decode_files(trained, files, progress)
+  results = [Prediction(path, error=errors.get(path)) for path in files]
+  readable = [r for r, array in zip(results, arrays) if array is not None]
+  if readable:
+    normalizer = file_normalizer(trained)
+    pixels = np.stack([array for array in arrays if array is not None])
+    split = data.Split(pixels, np.zeros(len(pixels), np.int32))
+    logits = batched_logits(trained, data.eval_batches(split, normalizer, batch_size),
+                            -(-len(pixels) // batch_size), progress)
+    names = trained.info.class_names
+    for result, probs in zip(readable, softmax(logits)):
+      order = np.argsort(-probs, kind='stable')[:top_k]
+      result.top_k = [(names[k], float(probs[k])) for k in order]
+      result.probabilities = probs
+  return results

@@ -1,0 +1,262 @@
+"""What `python -m cnn_jax.sweep` does once its flags are parsed: check the swept space, open the
+study, run trials (alone, several in one population, or in worker processes) and write the
+results. See `cnn_jax/sweep.py` for the command and its flags.
+"""
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import optuna
+
+from cnn_jax.errors import UserError
+from cnn_jax.runtime import signals
+from cnn_jax.runtime.writers import read_metrics
+from cnn_jax.sweeps import leaderboard, space, study as studies
+from cnn_jax.sweeps.leaderboard import SWEEP_FILE
+from cnn_jax.training import inference, population, train
+from cnn_jax.training.validation import config_problems
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """The sweep command's settings (its flags; see cnn_jax/sweep.py for each)."""
+  workdir: str
+  config_path: str
+  sweep: tuple[str, ...]
+  sampler: str
+  trials: int
+  workers: int
+  pruner: str
+  pruner_startup_trials: int
+  storage: str | None
+  test_split: str | None
+  population: int
+  worker: bool
+
+
+def run_trial(trial, base_config, params, sweep_dir: str, test_split: str | None) -> float:
+  """Trains one trial in its own workdir; returns its best eval accuracy.
+
+  Raises:
+    optuna.TrialPruned: the pruner stopped it at an evaluation.
+  """
+  values = {p.key: space.suggest(trial, p) for p in params}
+  config = space.apply(base_config, values)
+  config.progress_bar = False
+  workdir = trial.user_attrs.get('workdir') or os.path.join(sweep_dir, 'trials',
+                                                             f'{trial.number:04d}')
+  trial.set_user_attr('workdir', workdir)
+  trial.set_user_attr('values', json.dumps({k: repr(v) for k, v in values.items()}))
+  started = time.time()
+
+  def on_eval(step, metrics):
+    trial.report(metrics['accuracy'], step)
+    if trial.should_prune():
+      trial.set_user_attr('steps', step)
+      raise optuna.TrialPruned(f'pruned at step {step}')
+
+  os.makedirs(workdir, exist_ok=True)
+  try:
+    with open(os.path.join(workdir, 'train.log'), 'a', encoding='utf-8') as log, \
+        contextlib.redirect_stdout(log):
+      train.train_and_evaluate(config, workdir, on_eval)
+  finally:
+    trial.set_user_attr('seconds', round(time.time() - started, 1))
+  return _record_finished(trial, workdir, test_split)
+
+
+def _record_finished(trial, workdir: str, test_split: str | None) -> float:
+  """Stores a finished trial's steps, final and test accuracy; returns its best eval accuracy."""
+  evals = [r for r in read_metrics(workdir) if r['split'] == 'eval']
+  trial.set_user_attr('steps', evals[-1]['step'])
+  trial.set_user_attr('final_accuracy', evals[-1]['accuracy'])
+  if test_split:
+    trial.set_user_attr('test_accuracy',
+                        inference.evaluate_workdir(workdir, 'best', test_split)['accuracy'])
+  return max(r['accuracy'] for r in evals)
+
+
+def run_population(trials, base_config, params, sweep_dir: str,
+                   test_split: str | None) -> list[float]:
+  """Trains `trials` as one population, each member in its trial's workdir; returns each one's
+  best eval accuracy. Members share the base config's batch order and, unless swept, its seed."""
+  values = [{p.key: space.coerce(base_config, p.key, space.suggest(trial, p))
+             for p in params} for trial in trials]
+  config = space.apply(base_config, {})
+  config.progress_bar = False
+  config.population.size = len(trials)
+  config.population.seeds = tuple(v.get('seed', base_config.seed) for v in values)
+  for field, key in population.VARIED.items():
+    if key in values[0] and key != 'seed':
+      config.population[field] = tuple(v[key] for v in values)
+  workdirs = [trial.user_attrs.get('workdir') or os.path.join(sweep_dir, 'trials',
+                                                               f'{trial.number:04d}')
+              for trial in trials]
+  for trial, workdir, trial_values in zip(trials, workdirs, values):
+    trial.set_user_attr('workdir', workdir)
+    trial.set_user_attr('values', json.dumps({k: repr(v) for k, v in trial_values.items()}))
+  population_dir = os.path.join(sweep_dir, 'populations', f'{trials[0].number:04d}')
+  os.makedirs(population_dir, exist_ok=True)
+  started = time.time()
+  try:
+    with open(os.path.join(population_dir, 'train.log'), 'a', encoding='utf-8') as log, \
+        contextlib.redirect_stdout(log):
+      train.train_and_evaluate(config, population_dir, member_workdirs=workdirs)
+  finally:
+    for trial in trials:  # The population's time, shared by its members.
+      trial.set_user_attr('seconds', round(time.time() - started, 1))
+  return [_record_finished(trial, w, test_split) for trial, w in zip(trials, workdirs)]
+
+
+def run_worker(study, base_config, params, sweep_dir: str, sampler: str, num_trials: int,
+               test_split: str | None, population_size: int = 1) -> None:
+  """Runs trials until the plan is done; a failing trial is recorded and the next one starts."""
+  while population_size > 1:
+    trials = []
+    while len(trials) < population_size and (t := studies.next_trial(study, sampler, num_trials)):
+      trials.append(t)
+    if not trials:
+      return
+    try:
+      accuracies = run_population(trials, base_config, params, sweep_dir, test_split)
+    except UserError as e:
+      for trial in trials:
+        trial.set_user_attr('status', str(e).splitlines()[0])
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+      print(f'trials {[t.number for t in trials]}: failed: {str(e).splitlines()[0]}', flush=True)
+      continue
+    for trial, value in zip(trials, accuracies):
+      study.tell(trial, value)
+      print(f'trial {trial.number}: best eval accuracy {value:.2%} '
+            f'({trial.user_attrs.get("values")})', flush=True)
+  while (trial := studies.next_trial(study, sampler, num_trials)) is not None:
+    try:
+      value = run_trial(trial, base_config, params, sweep_dir, test_split)
+    except optuna.TrialPruned as pruned:
+      trial.set_user_attr('status', str(pruned))
+      study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+      print(f'trial {trial.number}: {pruned}', flush=True)
+      continue
+    except UserError as e:  # This combination cannot train (e.g. a kernel too large).
+      trial.set_user_attr('status', str(e).splitlines()[0])
+      study.tell(trial, state=optuna.trial.TrialState.FAIL)
+      print(f'trial {trial.number}: failed: {str(e).splitlines()[0]}', flush=True)
+      continue
+    except signals.TrainingInterrupted:
+      raise  # Left RUNNING: the next run of the sweep resumes it from its checkpoint.
+    study.tell(trial, value)
+    print(f'trial {trial.number}: best eval accuracy {value:.2%} '
+          f'({trial.user_attrs.get("values")})', flush=True)
+
+
+def swept_params(sweep_flags: list[str], config_path: str):
+  """Returns the Params of --sweep, or of the config file's get_sweep() if none is given."""
+  texts = list(sweep_flags)
+  if not texts:
+    spec = importlib.util.spec_from_file_location('_swept_config', config_path.split(':')[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if hasattr(module, 'get_sweep'):
+      texts = list(module.get_sweep())
+  if not texts:
+    raise UserError("nothing to sweep: give --sweep 'KEY=SPEC' (repeatable) or a get_sweep() "
+                    'in the config file that returns such strings.')
+  return [space.parse(text) for text in texts]
+
+
+def check_combinations(config, params, sampler: str) -> None:
+  """Validates the config of every grid point (else every value and range end) before any trial."""
+  space.check(config, params)
+  if sampler == 'grid':
+    points = [space.values_of(params, point) for point in space.grid(params)]
+  else:  # Ranges cannot be enumerated: try every listed value and both ends of every range.
+    points = [{p.key: value} for p in params
+              for value in (p.values if p.kind == 'choice' else (p.low, p.high))]
+  for point in points:
+    problems = config_problems(space.apply(config, point))
+    if problems:
+      raise UserError(f'the sweep point {point} gives an invalid config:\n  - '
+                      + '\n  - '.join(problems))
+
+
+def check_population(params, pruner: str) -> None:
+  """Refuses --population for a sweep whose trials cannot share one program."""
+  per_member = tuple(population.VARIED.values())
+  others = [p.key for p in params if p.key not in per_member]
+  if others:
+    raise UserError(f'--population trains trials together only when they differ in '
+                    f'{", ".join(per_member)}; this sweep also varies {", ".join(others)}. '
+                    'Drop --population, or sweep those keys in separate sweeps.')
+  if pruner != 'none':
+    raise UserError('--population cannot prune single members; use --pruner none with it.')
+
+
+def same_sweep(workdir: str, definition: dict) -> None:
+  path = os.path.join(workdir, SWEEP_FILE)
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+    if saved != definition:
+      raise UserError(f'{workdir} holds another sweep ({saved}); use a new --workdir, or the same '
+                      f'--config, --sweep, --sampler and --trials to continue it.')
+  else:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, 'w', encoding='utf-8') as f:
+      json.dump(definition, f, indent=2)
+
+
+def write_results(study, config, params, workdir: str) -> list[dict]:
+  """Prints the leaderboard and writes it (CSV, Markdown), the best config and the plot."""
+  rows = leaderboard.trial_rows(study, params)
+  leaderboard.write_csv(rows, params, os.path.join(workdir, 'leaderboard.csv'))
+  table = leaderboard.to_markdown(rows, params)
+  with open(os.path.join(workdir, 'leaderboard.md'), 'w', encoding='utf-8') as f:
+    f.write(table + '\n')
+  print(table)
+  finished = [r for r in rows if r['best_eval_accuracy'] is not None]
+  if finished:
+    leaderboard.write_best_config(finished[0], config, params,
+                                  os.path.join(workdir, 'best_config.py'))
+    leaderboard.plot(rows, params, os.path.join(workdir, 'sweep.png'))
+    print(f'\nBest: trial {finished[0]["trial"]} with eval accuracy '
+          f'{finished[0]["best_eval_accuracy"]:.2%}, in {finished[0]["workdir"]}; its config is '
+          f'{os.path.join(workdir, "best_config.py")}.')
+  return rows
+
+
+def run(config, sweep: Sweep, argv: list[str]) -> None:
+  """Runs `sweep` of `config` to the end (or, as a worker, runs trials until none is left).
+
+  `argv` is the command line, which worker processes (sweep.workers > 1) are started with.
+  """
+  params = swept_params(sweep.sweep, sweep.config_path)
+  check_combinations(config, params, sweep.sampler)
+  if sweep.population > 1:
+    check_population(params, sweep.pruner)
+  same_sweep(sweep.workdir, {'config': json.loads(config.to_json_best_effort()),
+                             'sweep': [repr(p) for p in params], 'sampler': sweep.sampler,
+                             'trials': sweep.trials if sweep.sampler != 'grid' else None})
+  study = studies.open_study(sweep.workdir, sweep.storage, sweep.sampler, sweep.pruner,
+                             sweep.pruner_startup_trials, config.seed)
+  if not sweep.worker:
+    studies.plan(study, params, sweep.sampler)
+    if not sweep.storage and (retried := studies.recover_interrupted(study)):
+      print(f'Resuming {retried} interrupted trial(s) from their checkpoints.', flush=True)
+    if sweep.workers > 1:
+      workers = [subprocess.Popen([sys.executable, '-m', 'cnn_jax.sweep', *argv[1:],
+                                   '--worker']) for _ in range(sweep.workers)]
+      if any(worker.wait() for worker in workers):
+        raise UserError('a worker failed; its messages are above. Re-run to continue the sweep.')
+      write_results(study, config, params, sweep.workdir)
+      return
+  run_worker(study, config, params, sweep.workdir, sweep.sampler, sweep.trials, sweep.test_split,
+             sweep.population)
+  if not sweep.worker:
+    write_results(study, config, params, sweep.workdir)
+
