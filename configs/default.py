@@ -75,7 +75,8 @@ def get_config():
   config.data.csv = config_dict.placeholder(str)  # 'csv' source: CSV of file and label columns.
   config.data.csv_file_column = ''  # '' = the first of filename, file, image, image_id, id, path.
   config.data.csv_label_column = ''  # '' = the first of label, class, category, target.
-  config.data.class_names = ()  # Fixes a CSV's classes and their order; () = its labels, sorted.
+  # A CSV's classes and their order (() = its labels, sorted); the class names of IDX files.
+  config.data.class_names = ()
 
   # ---- augmentation (training only, on the device; deterministic given the seed) ------------------
   config.augment = ml_collections.ConfigDict()

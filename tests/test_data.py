@@ -1,5 +1,11 @@
 """Data: the offline digits split, batching by step, evaluation coverage, and TFDS sources."""
 
+import functools
+import gzip
+import http.server
+import importlib.util
+import threading
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -119,3 +125,39 @@ def test_a_described_source_loads_and_streams_alike():
   streamed = data.stream_dataset(source)
   assert streamed.normalizer == loaded.normalizer  # The same examples, the same values.
   np.testing.assert_array_equal(streamed.eval.gather(np.arange(360))['image'], loaded.eval.images)
+
+
+@pytest.fixture
+def loopback_fashion_mnist(tmp_path, monkeypatch):
+  """TFDS's fashion_mnist builder pointed at a loopback HTTP server that serves small IDX files
+  of the original names: the whole download path, without the internet."""
+  files = tmp_path / 'served'
+  files.mkdir()
+  rng = np.random.default_rng(0)
+  for prefix, count in (('train', 40), ('t10k', 12)):
+    for kind, array in (('images-idx3', rng.integers(0, 256, (count, 28, 28))),
+                        ('labels-idx1', rng.integers(0, 10, count))):
+      header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, '>i4').tobytes()
+      with gzip.open(files / f'{prefix}-{kind}-ubyte.gz', 'wb') as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(files))
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  from tensorflow_datasets.image_classification import mnist  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(mnist.FashionMNIST, 'URL', f'http://127.0.0.1:{server.server_address[1]}/')
+  yield data.DataSpec('fashion_mnist', tfds_data_dir=str(tmp_path / 'tfds'), download=True)
+  server.shutdown()
+
+
+def test_download_and_prepare_runs_or_names_what_is_missing(loopback_fashion_mnist):
+  """With TensorFlow (pip install -e '.[tfds-prepare]'), the dataset is downloaded, prepared and
+  read; without it, the message names TensorFlow and how to install it, and nothing else is
+  missing on the way there (this is where a missing importlib_resources used to fail)."""
+  if importlib.util.find_spec('tensorflow') is not None:
+    assert len(data.load_split(loopback_fashion_mnist, 'test')) == 12
+    return
+  with pytest.raises(UserError) as error:
+    data.load_split(loopback_fashion_mnist, 'test')
+  message = str(error.value)
+  assert "TFDS needs TensorFlow to prepare this dataset: pip install -e '.[tfds-prepare]'" in message
+  assert 'importlib_resources' not in message and 'download=True if' not in message

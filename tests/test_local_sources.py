@@ -94,6 +94,74 @@ def test_training_on_idx_files_learns(idx_dir, tmp_path):
   assert train.train_and_evaluate(config, str(tmp_path))['accuracy'] > 0.8
 
 
+def _lookalike(root, first_labels, count=60_000):
+  """IDX files shaped like a 60,000-image set whose training labels start with `first_labels`
+  (2×2 images keep them small; describing a set reads only the labels and a header)."""
+  root.mkdir(parents=True, exist_ok=True)
+  labels = np.resize(np.asarray(first_labels, np.uint8), count)
+  labels[-1] = 9  # Ten classes, whatever the first labels are.
+  for prefix, n in (('train', count), ('t10k', 100)):
+    _write_idx(str(root / f'{prefix}-labels-idx1-ubyte'), labels[:n], compress=True)
+    _write_idx(str(root / f'{prefix}-images-idx3-ubyte'), np.zeros((n, 2, 2), np.uint8), True)
+  return root
+
+
+@pytest.mark.parametrize('name', ['mnist', 'fashion_mnist'])
+def test_known_idx_sets_are_recognised_by_content_and_named(tmp_path, name):
+  _, first, class_names = idx.KNOWN[name]
+  info = data.describe_dataset(data.DataSpec('idx', path=str(_lookalike(tmp_path, first))))
+  assert info.name == name and info.class_names == class_names
+  assert info.class_names[0] == ('0' if name == 'mnist' else 'T-shirt/top')
+
+
+def test_an_unknown_idx_set_has_numbered_classes_unless_named(idx_dir, tmp_path):
+  spec = data.DataSpec('idx', path=str(idx_dir))
+  assert data.describe_dataset(spec).class_names == tuple('0123456789')
+  assert data.describe_dataset(spec).name == 'idx'  # 1,437 digits: not MNIST.
+  names = tuple('zero one two three four five six seven eight nine'.split())
+  named = data.DataSpec('idx', path=str(idx_dir), class_names=names)
+  assert data.describe_dataset(named).class_names == names
+  with pytest.raises(UserError, match='class_names has 2 names, but the IDX files .* hold 10'):
+    data.describe_dataset(data.DataSpec('idx', path=str(idx_dir), class_names=('a', 'b')))
+
+
+def test_mirroring_is_refused_for_digit_sets_only(tmp_path):
+  config = load_config('digits')
+  config.data.name, config.augment.horizontal_flip = 'idx', True
+  config.data.path = str(_lookalike(tmp_path / 'mnist', idx.KNOWN['mnist'][1]))
+  with pytest.raises(UserError, match="mirrors images, which changes what a 'mnist' image means"):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')  # Refused before any work.
+  assert data.flip_problem('fashion_mnist') is None and data.flip_problem('idx') is None
+
+
+def test_local_splits_take_tfds_slices():
+  whole = data.load_split(data.DataSpec('digits'), 'train')
+  for split, expected in (('train[:10%]', whole.labels[:144]), ('train[-5:]', whole.labels[-5:]),
+                          ('train[100:110]', whole.labels[100:110]),
+                          ('train[50%:]', whole.labels[718:])):
+    np.testing.assert_array_equal(data.load_split(data.DataSpec('digits'), split).labels,
+                                  expected)
+  for bad in ('train[:10', 'train[1:2:3]', 'train[a:]'):
+    with pytest.raises(UserError, match='NAME\\[START:STOP\\]'):
+      data.load_split(data.DataSpec('digits'), bad)
+
+
+def test_a_system_copy_serves_a_tfds_name_that_tfds_has_not_prepared(idx_dir, monkeypatch,
+                                                                      capsys):
+  from cnn_jax.data import sources, tfds_source  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sources.SYSTEM_COPIES, 'fashion_mnist',
+                      (sources.Idx, str(idx_dir), 'a test package'))
+  monkeypatch.setattr(tfds_source, 'is_prepared', lambda name, data_dir: False)
+  source = data.open_source(data.DataSpec('fashion_mnist'))
+  assert isinstance(source, sources.Idx) and len(source.load_split('test')) == 360
+  assert f'reading the files of a test package in {idx_dir}' in capsys.readouterr().out
+  monkeypatch.setattr(tfds_source, 'is_prepared', lambda name, data_dir: True)  # TFDS's own.
+  assert isinstance(data.open_source(data.DataSpec('fashion_mnist')), sources.Tfds)
+  assert isinstance(data.open_source(data.DataSpec('fashion_mnist', download=True)),
+                    sources.Tfds)
+
+
 def test_image_folder_reads_every_odd_file_and_reports_the_bad_ones(folder, tmp_path):
   config = load_config('digits')
   config.data.update(name='image_folder', path=str(folder), image_size=16,

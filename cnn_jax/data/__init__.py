@@ -23,12 +23,21 @@ from cnn_jax.data.stream import StreamedDataset
 __all__ = ['DataSpec', 'Dataset', 'StreamedDataset', 'DatasetInfo', 'Normalizer', 'Split',
            'Source', 'open_source', 'describe_dataset', 'load_dataset', 'load_split',
            'stream_dataset', 'eval_batches', 'train_batch', 'train_indices', 'steps_per_epoch',
-           'LOCAL_SOURCES', 'NO_HORIZONTAL_FLIP', 'RESIZE_MODES', 'SOURCES']
+           'LOCAL_SOURCES', 'NO_HORIZONTAL_FLIP', 'RESIZE_MODES', 'SOURCES', 'flip_problem']
 
 # The sources whose splits are read whole into memory, decoded (the rest are TFDS datasets).
 LOCAL_SOURCES = tuple(name for name, source in SOURCES.items() if source.local)
-# Datasets whose classes a mirror image would change (a mirrored 2 or 7 is not a digit).
-NO_HORIZONTAL_FLIP = ('digits', 'mnist', 'emnist', 'kmnist', 'svhn_cropped', 'idx')
+# Datasets whose classes a mirror image would change (a mirrored 2 or 7 is not a digit). IDX files
+# are named after what they hold (`idx.KNOWN`): Fashion-MNIST may be mirrored, MNIST may not.
+NO_HORIZONTAL_FLIP = ('digits', 'mnist', 'emnist', 'kmnist', 'svhn_cropped')
+
+
+def flip_problem(dataset_name: str) -> str | None:
+  """Why config.augment.horizontal_flip must stay off for dataset `dataset_name`, or None."""
+  if dataset_name not in NO_HORIZONTAL_FLIP:
+    return None
+  return (f'config.augment.horizontal_flip=True mirrors images, which changes what a '
+          f'{dataset_name!r} image means (a mirrored 2 is not a 2); leave it off for this dataset')
 
 
 def _opened(spec_or_source: DataSpec | Source) -> Source:

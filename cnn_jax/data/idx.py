@@ -5,6 +5,9 @@
 
 An IDX file is a 4-byte magic number (two zero bytes, a type code, the number of dimensions), the
 dimensions as big-endian int32, then the values. Splits are 'train' and 'test' (the t10k files).
+
+MNIST and Fashion-MNIST are recognised by their content, not their file names or compression
+(Debian's dataset-fashion-mnist re-compresses Zalando's files), so their classes get their names.
 """
 
 import gzip
@@ -17,6 +20,16 @@ from cnn_jax.errors import UserError
 
 SPLITS = {'train': 'train', 'test': 't10k'}
 _UBYTE = 0x08  # The only type MNIST-style image and label files use.
+FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
+                         'Sneaker', 'Bag', 'Ankle boot')
+# Datasets recognised by their training labels: how many there are, and the first 16 of them in
+# the order their publishers ship them (the datasets' names are TFDS's).
+KNOWN = {
+    'mnist': (60_000, (5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 3, 5, 3, 6, 1, 7),
+              tuple(str(digit) for digit in range(10))),
+    'fashion_mnist': (60_000, (9, 0, 0, 3, 0, 2, 7, 2, 5, 5, 0, 9, 5, 5, 7, 9),
+                      FASHION_MNIST_CLASSES),
+}
 
 
 def _open(path: str):
@@ -79,14 +92,19 @@ def _image_shape(path: str) -> tuple[int, ...]:
     return tuple(int(d) for d in np.frombuffer(f.read(4 * header[3]), '>i4'))
 
 
-def describe(directory: str) -> tuple[int, tuple[int, int, int]]:
-  """Returns (number of classes, image shape) from the training labels and the images' header.
+def describe(directory: str) -> tuple[str | None, tuple[str, ...], tuple[int, int, int]]:
+  """Returns (the dataset's name if it is a known one, else None; class names; image shape) from
+  the training labels and the images' header.
 
-  Only the small labels file is read; the images are read when a split is loaded.
+  Only the small labels file is read; the images are read when a split is loaded. Classes of an
+  unknown set are named by their numbers.
   """
   shape = _image_shape(_find(directory, SPLITS['train'], 'images'))
   labels = read_idx(_find(directory, SPLITS['train'], 'labels'))
   if len(shape) != 3 or labels.ndim != 1:
     raise UserError(f'{directory}: expected images [N, H, W] and labels [N], found {shape} and '
                     f'{labels.shape}.')
-  return int(labels.max()) + 1, (*shape[1:], 1)
+  for name, (count, first, class_names) in KNOWN.items():
+    if len(labels) == count and tuple(labels[:len(first)]) == first:
+      return name, class_names, (*shape[1:], 1)
+  return None, tuple(str(i) for i in range(int(labels.max()) + 1)), (*shape[1:], 1)

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from cnn_jax.data import (csv_labels, digits, idx, image_folder, npy_cache, stream,
+from cnn_jax.data import (csv_labels, digits, idx, image_folder, npy_cache, slicing, stream,
                           tfds_source)
 from cnn_jax.data.dataset import DatasetInfo, Split
 from cnn_jax.data.images import resize_images
@@ -42,7 +42,8 @@ class DataSpec:
   csv: str | None = None
   csv_file_column: str = ''  # '': the first of csv_labels.FILE_COLUMNS in the header.
   csv_label_column: str = ''  # '': the first of csv_labels.LABEL_COLUMNS in the header.
-  class_names: tuple[str, ...] = ()  # Fixes the classes of a CSV; () = its labels, sorted.
+  # A CSV's classes and their order (() = its labels, sorted); an IDX set's class names.
+  class_names: tuple[str, ...] = ()
 
 
 class Source(abc.ABC):
@@ -118,21 +119,31 @@ class Digits(Source):
     return _grey(self.spec, digits.INFO)
 
   def load_split(self, split: str) -> Split:
-    if split not in digits.SPLITS:
+    name, part = slicing.parse(split)
+    if name not in digits.SPLITS:
       raise UserError(f"'digits' has splits {digits.SPLITS}; got {split!r}.")
-    return _resized(digits.load_split(split), self.spec.image_size)
+    return _resized(slicing.take(digits.load_split(name), part), self.spec.image_size)
 
 
 class Idx(Source):
   """MNIST-format IDX files under spec.path."""
 
   def describe(self) -> DatasetInfo:
-    num_classes, shape = idx.describe(_directory(self.spec))
-    return _grey(self.spec, DatasetInfo(self.spec.name, num_classes,
-                                        tuple(str(i) for i in range(num_classes)), shape))
+    """Named after the dataset when the files are a known one (MNIST, Fashion-MNIST), with its
+    class names; spec.class_names, if given, names the classes of any set."""
+    known, class_names, shape = idx.describe(_directory(self.spec))
+    if self.spec.class_names:
+      if len(self.spec.class_names) != len(class_names):
+        raise UserError(f'config.data.class_names has {len(self.spec.class_names)} names, but '
+                        f'the IDX files in {self.spec.path} hold {len(class_names)} classes.')
+      class_names = tuple(self.spec.class_names)
+    return _grey(self.spec, DatasetInfo(known or self.spec.name, len(class_names), class_names,
+                                        shape))
 
   def load_split(self, split: str) -> Split:
-    return _resized(idx.load_split(_directory(self.spec), split), self.spec.image_size)
+    name, part = slicing.parse(split)
+    split_data = slicing.take(idx.load_split(_directory(self.spec), name), part)
+    return _resized(split_data, self.spec.image_size)
 
 
 def _not_caching(directory: str, error: OSError) -> None:
@@ -269,6 +280,25 @@ SOURCES: dict[str, type[Source]] = {
 }
 
 
+# TFDS datasets whose original files a system package installs, read from there when TFDS has not
+# prepared its own copy: name -> (the source that reads the files, their directory, the package).
+SYSTEM_COPIES = {
+    'fashion_mnist': (Idx, '/usr/share/datasets/fashion-mnist', "Debian's dataset-fashion-mnist"),
+}
+
+
 def open_source(spec: DataSpec) -> Source:
-  """Returns the source `spec.name` names (a TFDS dataset if no other), opened but not read."""
-  return SOURCES.get(spec.name, Tfds)(spec)
+  """Returns the source `spec.name` names (a TFDS dataset if no other), opened but not read.
+
+  A TFDS dataset that TFDS has not prepared (and may not download) but a system package has
+  installed (`SYSTEM_COPIES`) is read from the package's files, and a line says so.
+  """
+  if spec.name in SOURCES:
+    return SOURCES[spec.name](spec)
+  if spec.name in SYSTEM_COPIES and not spec.download:
+    source, directory, package = SYSTEM_COPIES[spec.name]
+    if os.path.isdir(directory) and not tfds_source.is_prepared(spec.name, spec.tfds_data_dir):
+      print(f'{spec.name}: TFDS has not prepared it, so reading the files of {package} in '
+            f'{directory}.', flush=True)
+      return source(dataclasses.replace(spec, path=directory))
+  return Tfds(spec)

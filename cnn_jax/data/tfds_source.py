@@ -5,9 +5,12 @@ turns the absence of that (no network, wrong format, unknown name) into a messag
 do, opens a split as a random-access source, and loads a split into host memory.
 """
 
+import errno
 import hashlib
 import os
 import re
+import socket
+import urllib.error
 
 import numpy as np
 
@@ -16,12 +19,32 @@ from cnn_jax.data.stream import PrepareExample, read_all
 from cnn_jax.errors import UserError
 
 _HOW_TO_GET = """\
-To prepare it on a machine with internet access (TensorFlow is needed only for cats_vs_dogs, whose
-builder re-encodes its JPEGs with it: pip install -e '.[tfds-prepare]'):
+To prepare it on a machine with internet access (TFDS unpacks the downloads with TensorFlow, which
+cnn_jax installs only on request: pip install -e '.[tfds-prepare]'):
     python -c "import tensorflow_datasets as tfds; \\
 tfds.builder('{name}', data_dir='DATA_DIR').download_and_prepare(file_format='array_record')"
-then copy DATA_DIR/{name}/ to this machine and pass --config.data.tfds_data_dir=DATA_DIR, or run
-here with --config.data.download=True if this machine can reach the internet."""
+then copy DATA_DIR/{name}/ to this machine and pass --config.data.tfds_data_dir=DATA_DIR"""
+_OR_DOWNLOAD = (', or run here with --config.data.download=True if this machine can reach the '
+                'internet.')
+_NETWORK_ERRORS = (ConnectionError, socket.gaierror, socket.timeout, urllib.error.URLError)
+
+
+def _cause(error: BaseException) -> str:
+  """What went wrong underneath a TFDS error, said plainly: a missing package, no network, a full
+  disk; else the error's own first line."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, ModuleNotFoundError):
+      if (seen.name or '').split('.')[0] == 'tensorflow':
+        return "TFDS needs TensorFlow to prepare this dataset: pip install -e '.[tfds-prepare]'"
+      return f'a package TFDS needs is missing: pip install {seen.name}'
+    if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+      return f'no space left on the device: {seen}'
+    if isinstance(seen, _NETWORK_ERRORS) or 'ConnectionError' in type(seen).__name__:
+      return f'could not reach the download server (no network?): {seen}'
+    seen = seen.__cause__ or seen.__context__
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
 
 
 def _builder(name: str, data_dir: str | None):
@@ -31,6 +54,11 @@ def _builder(name: str, data_dir: str | None):
   except Exception as e:  # DatasetNotFoundError and friends carry TFDS's own suggestions.
     raise UserError(f"config.data.name={name!r} is neither 'digits' nor a TFDS dataset: "
                     f'{str(e).strip().splitlines()[0]}') from None
+
+
+def is_prepared(name: str, data_dir: str | None) -> bool:
+  """Whether TFDS has the dataset `name` prepared in `data_dir` (or its default data dir)."""
+  return _builder(name, data_dir).is_prepared()
 
 
 def describe(name: str, data_dir: str | None) -> tuple[tuple[str, ...], tuple]:
@@ -57,10 +85,10 @@ def _data_source(name: str, split: str, data_dir: str | None, download: bool):
     return tfds.data_source(name, split=split, data_dir=data_dir, download=download)
   except Exception as e:  # TFDS raises several unrelated types for "not there".
     where = data_dir or "TFDS's default data dir (~/tensorflow_datasets)"
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise UserError(
         f'Could not open split {split!r} of TFDS dataset {name!r} in {where} '
-        f'(download={download}): {first_line}\n' + _HOW_TO_GET.format(name=name)) from None
+        f'(download={download}): {_cause(e)}\n' + _HOW_TO_GET.format(name=name)
+        + ('.' if download else _OR_DOWNLOAD)) from None
 
 
 def open_split(name: str, split: str, data_dir: str | None, download: bool):

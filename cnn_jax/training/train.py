@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cnn_jax import data, models
+from cnn_jax.errors import UserError
 from cnn_jax.models import summary
 from cnn_jax.runtime import distributed
 from cnn_jax.training import checkpoint, cpu_kernels, loop, population, setup, steps
@@ -121,6 +122,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   members = population.member_configs(config) if config.population.size > 1 else None
   source = data.open_source(setup.data_spec(config))
   info = source.describe()
+  if config.augment.horizontal_flip and data.flip_problem(info.name):  # IDX files named by content.
+    raise UserError(data.flip_problem(info.name))
   model = setup.build_model(config, info.num_classes)
   models.check_fits(model, info.image_shape)
 

@@ -101,9 +101,8 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   aug = config.augment
   _check_number(p, 'augment.crop_padding', aug.crop_padding, low=0, integer=True)
   _check_number(p, 'augment.rotation_degrees', aug.rotation_degrees, low=0, high=180)
-  if aug.horizontal_flip and d.name in data.NO_HORIZONTAL_FLIP:
-    p.append(f'config.augment.horizontal_flip=True mirrors images, which changes what a '
-             f'{d.name!r} image means (a mirrored 2 is not a 2); leave it off for this dataset')
+  if aug.horizontal_flip and data.flip_problem(d.name):
+    p.append(data.flip_problem(d.name))
   ckpt = config.checkpoint
   _check_number(p, 'checkpoint.every_steps', ckpt.every_steps, low=0, integer=True)
   _check_number(p, 'checkpoint.every_minutes', ckpt.every_minutes, low=0)

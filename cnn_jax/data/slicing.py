@@ -1,0 +1,42 @@
+"""Split slices for the local sources, in TFDS's syntax: 'train[:2%]', 'train[10%:]',
+'test[:1000]', 'train[-500:]', so a config's splits read the same on every source."""
+
+import re
+
+from cnn_jax.data.dataset import Split
+from cnn_jax.errors import UserError
+
+_SLICED = re.compile(r'(\w+)\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\]')
+
+
+def parse(split: str) -> tuple[str, slice | None]:
+  """Returns (the split's name, the slice of it asked for, or None for all of it).
+
+  Bounds stay as written: an int, or a percentage as a str ending in '%'.
+
+  Raises:
+    UserError: brackets that are not one [start:stop] of counts or percentages.
+  """
+  if '[' not in split:
+    return split, None
+  match = _SLICED.fullmatch(split.strip())
+  if not match:
+    raise UserError(f'split {split!r}: write NAME or NAME[START:STOP], with counts or '
+                    "percentages, e.g. 'train[:2%]', 'train[10%:]', 'test[:1000]'.")
+  name, start, stop = match.groups()
+  bound = lambda text: text if text is None or text.endswith('%') else int(text)
+  return name, slice(bound(start), bound(stop))
+
+
+def _index(bound, count: int) -> int | None:
+  if bound is None or isinstance(bound, int):
+    return bound
+  return int(round(count * int(bound[:-1]) / 100))  # Percentages round to the nearest example.
+
+
+def take(split: Split, part: slice | None) -> Split:
+  """The examples of `split` that `part` (from `parse`) selects, in order."""
+  if part is None:
+    return split
+  chosen = slice(_index(part.start, len(split)), _index(part.stop, len(split)))
+  return Split(split.images[chosen], split.labels[chosen], split.skipped)
