@@ -8,11 +8,12 @@ import ml_collections
 from ml_collections import config_dict
 
 VARIANTS = ('small',)  # What may follow the config path after a colon: `configs/mnist.py:small`.
-# `:small` of a TFDS dataset with a 'train' and a 'test' split: 2% of the one, 10% of the other.
-SMALL_SPLITS = {'data.train_split': 'train[:2%]', 'data.eval_split': 'test[:10%]',
+# `:small` of a TFDS dataset with a 'train' and a 'test' split: 2% of the one (a tenth of which
+# is the validation split), 10% of the other.
+SMALL_SPLITS = {'data.train_split': 'train[:2%]', 'data.test_split': 'test[:10%]',
                 'num_epochs': 1.0, 'log_every_steps': 5}
 # `:small` of a photo dataset with one 'train' split: 1% to train, another 1% held out, 64 px.
-SMALL_PHOTOS = {'data.train_split': 'train[:1%]', 'data.eval_split': 'train[99%:]',
+SMALL_PHOTOS = {'data.train_split': 'train[:1%]', 'data.test_split': 'train[99%:]',
                 'data.image_size': 64, 'num_epochs': 1.0, 'log_every_steps': 2}
 
 
@@ -49,14 +50,19 @@ def get_config():
   config.data.name = 'digits'
   config.data.tfds_data_dir = config_dict.placeholder(str)  # TFDS data dir; None = TFDS's default.
   config.data.download = False  # Let TFDS download and prepare a missing dataset (needs internet).
-  config.data.train_split = 'train'  # Split (TFDS slicing syntax allowed) used for training.
-  config.data.eval_split = 'test'  # Held-out split evaluated periodically and at the end.
+  # Three splits: training; `eval_split`, evaluated during training, where every choice is made
+  # (best checkpoint, pruning, sweep and population rankings); `test_split`, evaluated once at the
+  # end on the checkpoint chosen on eval_split ('' = none). TFDS slicing syntax allowed.
+  config.data.train_split = 'train'
+  # 'validation' where the dataset has none: `validation_fraction` of train_split, held out.
+  config.data.eval_split = 'validation'
+  config.data.test_split = 'test'
   config.data.path = config_dict.placeholder(str)  # Directory of 'image_folder' / 'idx' files.
   config.data.image_size = 0  # Resize images to this square size; 0 keeps the dataset's own size.
   config.data.channels = 0  # Image folders: 1 = grey, 3 = RGB; 0 = the source's own (RGB).
   config.data.resize = 'squash'  # 'squash' the whole image, or 'crop' the centre square.
-  config.data.validation_fraction = 0.2  # Image folders: share held out as 'validation'.
-  config.data.split_seed = 0  # Fixes which files are held out; independent of `seed`.
+  config.data.validation_fraction = 0.1  # Share of train_split held out as 'validation'.
+  config.data.split_seed = 0  # Fixes which examples are held out; independent of `seed`.
   config.data.max_skip_fraction = 0.05  # Stop if more files than this are unreadable.
   config.data.workers = 0  # Image-decoding threads; 0 = one per CPU core.
   # Keep decoded, resized images: folders in PATH/.cnn_jax_cache, TFDS in DATA_DIR/cnn_jax_cache.

@@ -93,8 +93,8 @@ def test_a_kernel_too_large_for_the_image_is_a_user_error():
 def test_small_variants_shorten_training_and_change_nothing_else(name):
   full, small = load_config(name).to_dict(), load_config(name, 'small').to_dict()
   assert small['num_epochs'] < full['num_epochs']
-  shrunk = {('data', 'train_split'), ('data', 'eval_split'), ('data', 'image_size'),
-            ('num_epochs',), ('log_every_steps',)}
+  shrunk = {('data', 'train_split'), ('data', 'eval_split'), ('data', 'test_split'),
+            ('data', 'image_size'), ('num_epochs',), ('log_every_steps',)}
   for key in shrunk:
     section_full, section_small = (full, small) if len(key) == 1 else (full[key[0]], small[key[0]])
     section_full[key[-1]] = section_small[key[-1]]

@@ -104,7 +104,7 @@ def test_unknown_dataset_names_the_problem():
   with pytest.raises(UserError, match="config.data.name='mnsit'"):
     data.describe_dataset(data.DataSpec('mnsit'))
   with pytest.raises(UserError, match='splits'):
-    data.load_dataset(data.DataSpec('digits'), eval_split='validation')
+    data.load_dataset(data.DataSpec('digits'), eval_split='valid')
 
 
 def test_every_registered_name_opens_its_source_and_any_other_name_is_tfds():
@@ -161,3 +161,21 @@ def test_download_and_prepare_runs_or_names_what_is_missing(loopback_fashion_mni
   message = str(error.value)
   assert "TFDS needs TensorFlow to prepare this dataset: pip install -e '.[tfds-prepare]'" in message
   assert 'importlib_resources' not in message and 'download=True if' not in message
+
+
+def test_the_validation_split_is_held_out_of_train_disjoint_and_fixed_by_its_seed():
+  from cnn_jax.data import slicing  # pylint: disable=g-import-not-at-top
+  spec = data.DataSpec('digits', validation_fraction=0.1)
+  dataset = data.load_dataset(spec, 'train', 'validation', 'test')
+  assert (len(dataset.train), len(dataset.eval), len(dataset.test)) == (1293, 144, 360)
+  whole = data.load_split(spec, 'train')  # The dataset's own training split, all of it.
+  kept, held_out = slicing.holdout(len(whole), 0.1, 0)
+  assert not set(kept) & set(held_out) and len(kept) + len(held_out) == len(whole)
+  np.testing.assert_array_equal(dataset.eval.images, whole.images[held_out])
+  np.testing.assert_array_equal(dataset.train.images, whole.images[kept])
+  np.testing.assert_array_equal(data.load_split(spec, 'validation').images, dataset.eval.images)
+  np.testing.assert_array_equal(dataset.test.images, data.load_split(spec, 'test').images)
+  assert np.array_equal(slicing.holdout(1437, 0.1, 0)[1], held_out)  # The same seed, the same.
+  assert not np.array_equal(slicing.holdout(1437, 0.1, 1)[1], held_out)  # Another, another.
+  streamed = data.stream_dataset(spec, 'train', 'validation', 'test')
+  np.testing.assert_array_equal(streamed.eval.gather(np.arange(144))['image'], dataset.eval.images)

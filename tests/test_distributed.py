@@ -82,8 +82,10 @@ def test_two_processes_stream_their_own_shards_and_evaluate_every_example_once(t
   # Each process reads, shuffles and batches only every other example; evaluation pads both
   # shards to the same number of batches. The one-process evaluate tool must agree exactly.
   _run_two_processes(tmp_path, '--config.data.stream=True')
-  evals = [r for r in read_metrics(str(tmp_path)) if r['split'] == 'eval']
-  assert [r['count'] for r in evals] == [360] * 3
+  records = read_metrics(str(tmp_path))
+  evals = [r for r in records if r['split'] == 'eval']
+  assert [r['count'] for r in evals] == [144] * 3  # The validation split, every example once.
+  assert [r['count'] for r in records if r['split'] == 'test'] == [360]
   assert evals[-1]['accuracy'] > 0.8  # Chance is 10%.
   report = inference.evaluate_workdir(str(tmp_path))
   assert report['accuracy'] == pytest.approx(evals[-1]['accuracy'], abs=1e-9)

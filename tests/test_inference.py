@@ -46,16 +46,16 @@ def image_dir(tmp_path_factory):
 def test_evaluate_reproduces_the_runs_final_metrics(workdir):
   report = inference.evaluate_workdir(workdir)
   final = [r for r in read_metrics(workdir) if r['split'] == 'eval'][-1]
-  assert report['checkpoint_step'] == 330 and report['count'] == 360
+  assert report['checkpoint_step'] == 330 and report['count'] == 144  # The validation split.
   assert report['accuracy'] == pytest.approx(final['accuracy'], abs=1e-9)
   assert report['loss'] == pytest.approx(final['loss'], rel=1e-5)
   matrix = np.asarray(report['confusion_matrix'])
-  assert matrix.sum() == 360 and np.trace(matrix) == round(report['accuracy'] * 360)
-  assert sum(c['count'] for c in report['per_class'].values()) == 360
+  assert matrix.sum() == 144 and np.trace(matrix) == round(report['accuracy'] * 144)
+  assert sum(c['count'] for c in report['per_class'].values()) == 144
   text = evaluate.format_report(report)
   assert 'confusion matrix' in text and f"{report['accuracy']:.2%}" in text
   path = evaluate.write_report(report, workdir)
-  assert path.endswith(os.path.join('eval', 'test_step330.json'))
+  assert path.endswith(os.path.join('eval', 'validation_step330.json'))
   with open(path, encoding='utf-8') as f:
     assert json.load(f)['confusion_matrix'] == report['confusion_matrix']
 

@@ -165,7 +165,7 @@ def test_a_system_copy_serves_a_tfds_name_that_tfds_has_not_prepared(idx_dir, mo
 def test_image_folder_reads_every_odd_file_and_reports_the_bad_ones(folder, tmp_path):
   config = load_config('digits')
   config.data.update(name='image_folder', path=str(folder), image_size=16,
-                     validation_fraction=0.25, max_skip_fraction=0.1, cache=False)
+                     validation_fraction=0.25, max_skip_fraction=0.1, cache=False, test_split='')
   config.data.train_split, config.data.eval_split = 'train', 'validation'
   config.augment.update(crop_padding=2, horizontal_flip=True)  # Through the real training step.
   config.model.update(features=(8,), dense=())

@@ -43,7 +43,7 @@ def test_each_member_equals_the_same_model_trained_alone(trained_population, tmp
   for index in (1, 2, 3):  # label smoothing; weight decay; dropout (and each its own seed)
     member = population.member_dir(workdir, index)
     alone = train.train_and_evaluate(load_saved_config(member), str(tmp_path / f'alone{index}'))
-    assert abs(alone['accuracy'] - summary[index]['accuracy']) <= 1 / 360 + 1e-9
+    assert abs(alone['accuracy'] - summary[index]['accuracy']) <= 1 / 144 + 1e-9
     np.testing.assert_allclose(alone['loss'], summary[index]['loss'], rtol=2e-3)
     # The whole curve, not just the end: every logged train loss agrees too.
     ours = [r['loss'] for r in read_metrics(member) if r['split'] == 'train']
@@ -134,5 +134,6 @@ def test_timed_checkpoints_and_the_learning_rate_log_the_same_for_one_model_or_m
     assert saved == [1, 2, 3, 4, 5, 6]  # Without the timer: only step 6, the evaluation's.
     rates = [r['learning_rate'] for r in read_metrics(workdir) if r['split'] == 'train']
     assert len(rates) == 3 and rates[0] < rates[1] < rates[2] <= learning_rate  # Warming up.
-  assert set(result) == {'loss', 'accuracy', 'count', 'member'}
+  assert set(result) == {'loss', 'accuracy', 'count', 'member', 'test'}
+  assert set(result['test']) == {'loss', 'accuracy', 'count', 'checkpoint_step'}
   assert 0 <= result['member'] < max(size, 1)

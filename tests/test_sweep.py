@@ -14,6 +14,7 @@ from cnn_jax.reporting import run_report
 from cnn_jax.sweeps import space as sweep_space
 from cnn_jax.training.validation import validate_config
 from cnn_jax.errors import UserError
+from cnn_jax.runtime.writers import read_metrics
 from conftest import REPO, load_config
 
 GRID = ('--sweep', 'model.features=[8,16]', '--sweep', 'model.kernel_size=[3,5]')
@@ -97,8 +98,11 @@ def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path):
   _sweep(tmp_path, *GRID, '--workers=2', '--test_split=test')
   rows = _table(tmp_path)
   assert len(rows) == 4 and all(r['status'] == 'complete' for r in rows)
-  # The best checkpoint of each trial, evaluated on the test split (here also the eval split).
-  assert all(r['test_accuracy'] == r['best_eval_accuracy'] for r in rows)
+  # The best checkpoint of each trial on validation, evaluated on the test split: what the
+  # trial's own run recorded at its end.
+  for row in rows:
+    recorded = [r for r in read_metrics(row['workdir']) if r['split'] == 'test'][-1]
+    assert float(row['test_accuracy']) == pytest.approx(recorded['accuracy'], abs=1e-4)
   assert len({(r['model.features'], r['model.kernel_size']) for r in rows}) == 4
   assert all(_finals(tmp_path, int(r['trial'])) == (1, False) for r in rows)
 
@@ -161,7 +165,7 @@ def test_a_population_sweep_trains_its_trials_together_like_a_plain_sweep(tmp_pa
     assert row['status'] == 'complete' and row['steps'] == '44'
     # The same model with the same seed and batches, trained inside the population.
     assert abs(float(row['best_eval_accuracy'])
-               - float(by_rate(alone)[rate]['best_eval_accuracy'])) <= 1 / 360 + 1e-9
+               - float(by_rate(alone)[rate]['best_eval_accuracy'])) <= 1 / 144 + 1e-9
   workdir = together[0]['workdir']
   assert os.path.isdir(os.path.join(workdir, 'checkpoints'))  # An ordinary trial directory.
 

@@ -11,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cnn_jax import data, models
+from cnn_jax.data import sources
 from cnn_jax.training import optim, steps, train
 from cnn_jax.errors import UserError
 from cnn_jax.runtime.writers import read_metrics
@@ -110,7 +111,8 @@ def test_a_run_writes_metrics_config_and_versions(tmp_path):
   records = read_metrics(workdir)
   assert [r['step'] for r in records if r['split'] == 'train'] == [10, 20, 30]
   assert [r['step'] for r in records if r['split'] == 'eval'] == [15, 30]
-  assert all(r['count'] == 360 for r in records if r['split'] == 'eval')
+  assert all(r['count'] == 144 for r in records if r['split'] == 'eval')  # Validation.
+  assert [(r['step'], r['count']) for r in records if r['split'] == 'test'] == [(30, 360)]
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
     assert json.load(f)['num_steps'] == 30
   with open(os.path.join(workdir, 'versions.json'), encoding='utf-8') as f:
@@ -124,16 +126,17 @@ def test_digits_default_learns_far_above_chance(tmp_path):
   config = load_config('digits')
   config.progress_bar = False
   metrics = train.train_and_evaluate(config, str(tmp_path / 'digits'))
-  assert metrics['count'] == 360
-  assert metrics['accuracy'] >= 0.97  # Chance is 10%; seeds 0–4 measured 98.6–99.7%.
+  assert metrics['count'] == 144 and metrics['test']['count'] == 360
+  assert metrics['test']['accuracy'] >= 0.97  # Chance is 10%; seeds 0–4: see experiments/.
 
 
 @pytest.mark.parametrize('name, stream', [('mnist', False), ('mnist', True),
                                           ('fashion_mnist', False), ('cats_vs_dogs', False),
                                           ('cats_vs_dogs', True), ('keras_seed', False)])
-def test_tfds_configs_run_end_to_end_under_mock_data(tmp_path, name, stream):
+def test_tfds_configs_run_end_to_end_under_mock_data(tmp_path, monkeypatch, name, stream):
   """The same path a user runs, on TFDS's mock examples (no download is attempted), with the
   splits in memory or streamed (cats_vs_dogs streams by default)."""
+  monkeypatch.setattr(sources, 'SYSTEM_COPIES', {})  # TFDS's path even where Debian's files are.
   config = load_config(name, 'small')
   config.data.stream = stream
   config.batch_size = config.eval_batch_size = 8
@@ -141,8 +144,11 @@ def test_tfds_configs_run_end_to_end_under_mock_data(tmp_path, name, stream):
   config.progress_bar = False
   with tfds.testing.mock_data(num_examples=24):
     metrics = train.train_and_evaluate(config, str(tmp_path / name))
-  # Mock data serves num_examples for any split, slices included: all 24 are evaluated once.
-  assert metrics['count'] == 24 and 0.0 <= metrics['accuracy'] <= 1.0
+  # Mock data serves num_examples for any split, slices included: all 24 are evaluated once,
+  # except that a validation split holds out a tenth of the training split's.
+  validation = config.data.eval_split == 'validation'
+  assert metrics['count'] == (2 if validation else 24) and 0.0 <= metrics['accuracy'] <= 1.0
+  assert (metrics['test'] or {}).get('count') == (24 if config.data.test_split else None)
 
 
 def test_dataset_on_the_device_trains_exactly_like_batches_from_the_host(tmp_path):
@@ -180,3 +186,24 @@ def test_steps_per_dispatch_needs_the_data_on_the_device(tmp_path):
   config.steps_per_dispatch = 8
   with pytest.raises(UserError, match='data.on_device=True'):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_choices_are_made_on_validation_and_the_test_split_is_scored_once_at_the_end(tmp_path):
+  """The best checkpoint is the one with the best validation accuracy; the test split is
+  evaluated once, after training, on that checkpoint, and never during training."""
+  from cnn_jax.training import inference  # pylint: disable=g-import-not-at-top
+  config = load_config('digits')
+  config.num_steps, config.eval_every_steps, config.progress_bar = 120, 20, False
+  config.optimizer.learning_rate = 1e-2  # Noisy enough that the last checkpoint is not the best.
+  result = train.train_and_evaluate(config, str(tmp_path))
+  records = read_metrics(str(tmp_path))
+  evals = {r['step']: r for r in records if r['split'] == 'eval'}
+  tests = [r for r in records if r['split'] == 'test']
+  assert sorted(evals) == [20, 40, 60, 80, 100, 120] and all(r['count'] == 144 for r in evals.values())
+  assert len(tests) == 1 and records[-1] is tests[0] and tests[0]['step'] == 120
+  chosen = int(tests[0]['checkpoint_step'])
+  assert evals[chosen]['accuracy'] == max(r['accuracy'] for r in evals.values())
+  again = inference.evaluate_workdir(str(tmp_path), str(chosen), 'test')
+  assert again['count'] == 360 and again['accuracy'] == pytest.approx(tests[0]['accuracy'])
+  assert result['test']['accuracy'] == tests[0]['accuracy']
+  assert result['accuracy'] == evals[120]['accuracy']  # The last validation result.

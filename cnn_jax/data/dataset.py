@@ -95,8 +95,10 @@ class Normalizer:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """A training split, a held-out split, their metadata and the input normalisation."""
+  """A training split, the held-out split evaluated during training (choices are made on it), an
+  optional test split reported once at the end, their metadata and the input normalisation."""
   info: DatasetInfo
   train: Split
   eval: Split
   normalizer: Normalizer
+  test: Split | None = None

@@ -18,7 +18,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from cnn_jax.data import images
+from cnn_jax.data import images, slicing
 from cnn_jax.data.dataset import Split
 from cnn_jax.errors import UserError
 
@@ -72,12 +72,10 @@ def split_indices(num_files: int, split: str, validation_fraction: float,
                   split_seed: int) -> np.ndarray:
   """Returns the file indices of `split`: disjoint, covering all files, fixed by the seed."""
   if split not in SPLITS:
-    raise UserError(f'an image folder has splits {SPLITS}; got {split!r}.')
-  order = np.random.default_rng(split_seed).permutation(num_files)
-  num_validation = int(round(num_files * validation_fraction))
-  chosen = order[num_files - num_validation:] if split == 'validation' else order[
-      :num_files - num_validation]
-  return np.sort(chosen)
+    raise UserError(f'an image folder has splits {SPLITS}; got {split!r}. (Without a test split: '
+                    "--config.data.test_split=''.)")
+  kept, held_out = slicing.holdout(num_files, validation_fraction, split_seed)
+  return held_out if split == 'validation' else kept
 
 
 def decode_files(files: list[str], size: int, channels: int, resize: str, workers: int,

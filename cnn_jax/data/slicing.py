@@ -1,7 +1,10 @@
-"""Split slices for the local sources, in TFDS's syntax: 'train[:2%]', 'train[10%:]',
-'test[:1000]', 'train[-500:]', so a config's splits read the same on every source."""
+"""Parts of splits: slices in TFDS's syntax for the local sources ('train[:2%]', 'train[10%:]',
+'test[:1000]', 'train[-500:]'), so a config's splits read the same on every source; and the
+seeded hold-out that makes a validation split out of a training split."""
 
 import re
+
+import numpy as np
 
 from cnn_jax.data.dataset import Split
 from cnn_jax.errors import UserError
@@ -40,3 +43,12 @@ def take(split: Split, part: slice | None) -> Split:
     return split
   chosen = slice(_index(part.start, len(split)), _index(part.stop, len(split)))
   return Split(split.images[chosen], split.labels[chosen], split.skipped)
+
+
+def holdout(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Returns (kept, held out): sorted indices of `count` examples, the held-out `fraction` of
+  them (rounded) drawn by `seed`. Disjoint, together all of them, and the same for the same
+  seed, whatever else changes (the training seed included)."""
+  order = np.random.default_rng(seed).permutation(count)
+  num_held_out = int(round(count * fraction))
+  return np.sort(order[:count - num_held_out]), np.sort(order[count - num_held_out:])

@@ -53,9 +53,12 @@ class Source(abc.ABC):
     spec: what was opened.
     max_value: the largest raw pixel value, which the normaliser scales by.
     local: whether the splits are read whole into host memory, decoded, even when streamed.
+    splits: the names of the dataset's own splits ('validation', where absent, is held out of
+      the training split: see `cnn_jax.data.load_dataset`).
   """
   max_value: ClassVar[float] = 255.0
   local: ClassVar[bool] = True
+  splits: tuple[str, ...] = ('train', 'test')
 
   def __init__(self, spec: DataSpec):
     self.spec = spec
@@ -153,6 +156,7 @@ def _not_caching(directory: str, error: OSError) -> None:
 
 class ImageFolder(Source):
   """The user's images under spec.path: one subfolder per class, or CLASS.N.jpg names."""
+  splits = image_folder.SPLITS
 
   def _read_index(self) -> tuple[image_folder.FolderIndex, list[tuple[str, str]]]:
     return image_folder.index_folder(_directory(self.spec)), []
@@ -232,6 +236,10 @@ class Tfds(Source):
   @functools.cached_property
   def _features(self) -> tuple[tuple[str, ...], tuple]:
     return tfds_source.describe(self.spec.name, self.spec.tfds_data_dir)
+
+  @functools.cached_property
+  def splits(self) -> tuple[str, ...]:
+    return tfds_source.split_names(self.spec.name, self.spec.tfds_data_dir)
 
   def describe(self) -> DatasetInfo:
     class_names, (height, width, channels) = self._features

@@ -47,12 +47,14 @@ class PrepareExample:
 
 @dataclasses.dataclass(frozen=True)
 class StreamedDataset:
-  """A training and a held-out source, their metadata, normalisation and per-example step."""
+  """A training, a held-out and an optional test source, their metadata, normalisation and
+  per-example step."""
   info: DatasetInfo
   train: object  # Random-access: len() and [i] -> {'image', 'label', ...}.
   eval: object
   normalizer: Normalizer
   prepare: PrepareExample
+  test: object | None = None
 
 
 class ArraySource:
@@ -71,6 +73,32 @@ class ArraySource:
   def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     """The examples at `indices` as one batch, by fancy indexing (already decoded and sized)."""
     return {'image': self.split.images[indices], 'label': self.split.labels[indices]}
+
+
+class Subset:
+  """The examples of a random-access source at `indices`, in that order (a carved-out split)."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+    self.skipped = getattr(source, 'skipped', ())
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> dict:
+    return self.source[int(self.indices[index])]
+
+
+class GatheringSubset(Subset):
+  """A Subset of a source that reads whole batches at once (decoded already)."""
+
+  def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    return self.source.gather(self.indices[np.asarray(indices, np.int64)])
+
+
+def subset(source, indices: np.ndarray) -> Subset:
+  """The examples of `source` at `indices`, as a source of the same kind."""
+  return (GatheringSubset if hasattr(source, 'gather') else Subset)(source, indices)
 
 
 @dataclasses.dataclass(frozen=True)

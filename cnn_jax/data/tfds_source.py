@@ -56,6 +56,11 @@ def _builder(name: str, data_dir: str | None):
                     f'{str(e).strip().splitlines()[0]}') from None
 
 
+def split_names(name: str, data_dir: str | None) -> tuple[str, ...]:
+  """The names of the dataset's splits, from its metadata."""
+  return tuple(_builder(name, data_dir).info.splits)
+
+
 def is_prepared(name: str, data_dir: str | None) -> bool:
   """Whether TFDS has the dataset `name` prepared in `data_dir` (or its default data dir)."""
   return _builder(name, data_dir).is_prepared()

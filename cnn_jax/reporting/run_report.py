@@ -142,7 +142,8 @@ def build_report(workdir: str, which: str = 'latest', image_path: str | None = N
   ]
   index = path('index.html')
   with open(index, 'w', encoding='utf-8') as f:
-    f.write(_html(trained, metrics, summary.format_summary(rows), sections))
+    f.write(_html(trained, metrics, summary.format_summary(rows), sections,
+                  next((r for r in reversed(records) if r['split'] == 'test'), None)))
   return index
 
 
@@ -150,7 +151,18 @@ def _percent(value: float | None) -> str:
   return '' if value is None else f'{value:.2%}'
 
 
-def _html(trained, metrics: dict, summary_text: str, sections) -> str:
+def _tested(trained, test: dict | None) -> str:
+  """The run's test result as a paragraph: the split evaluated once, at the end of training."""
+  if test is None:
+    return ''
+  data = trained.config.data
+  return (f'<p>Test split {html.escape(str(data.get("test_split", "")))!s}, evaluated once at the '
+          f'end on the checkpoint chosen on {html.escape(data.eval_split)} (step '
+          f'{int(test["checkpoint_step"]):,}): accuracy <b>{test["accuracy"]:.2%}</b>, loss '
+          f'{test["loss"]:.4f}, {int(test["count"]):,} images.</p>')
+
+
+def _html(trained, metrics: dict, summary_text: str, sections, test: dict | None = None) -> str:
   esc = html.escape
   per_class = ''.join(
       f'<tr><td>{esc(name)}</td><td>{row["correct"]}/{row["count"]}</td>'
@@ -165,6 +177,7 @@ pre{{background:#f5f5f5;padding:1em;overflow-x:auto}} td{{padding:0 1em}}</style
 <h1>{esc(os.path.basename(os.path.abspath(trained.workdir)))}</h1>
 <p>Checkpoint step {trained.step:,}. On split {esc(metrics["split"])!s}: accuracy
 <b>{metrics["accuracy"]:.2%}</b>, loss {metrics["loss"]:.4f}, {metrics["count"]:,} images.</p>
+{_tested(trained, test)}
 <table><tr><th>class</th><th>correct</th><th>accuracy</th></tr>{per_class}</table>
 {figures_html}
 <h2>Model</h2><pre>{esc(summary_text)}</pre>

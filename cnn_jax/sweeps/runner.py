@@ -72,10 +72,15 @@ def run_trial(trial, base_config, params, sweep_dir: str, test_split: str | None
 
 
 def _record_finished(trial, workdir: str, test_split: str | None) -> float:
-  """Stores a finished trial's steps, final and test accuracy; returns its best eval accuracy."""
-  evals = [r for r in read_metrics(workdir) if r['split'] == 'eval']
+  """Stores a finished trial's steps, final and test accuracy (the test split's, recorded at the
+  end of training, or --test_split's on the best checkpoint); returns its best eval accuracy."""
+  records = read_metrics(workdir)
+  evals = [r for r in records if r['split'] == 'eval']
   trial.set_user_attr('steps', evals[-1]['step'])
   trial.set_user_attr('final_accuracy', evals[-1]['accuracy'])
+  tests = [r for r in records if r['split'] == 'test']
+  if tests:
+    trial.set_user_attr('test_accuracy', tests[-1]['accuracy'])
   if test_split:
     trial.set_user_attr('test_accuracy',
                         inference.evaluate_workdir(workdir, 'best', test_split)['accuracy'])

@@ -95,7 +95,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def split_logits(trained: TrainedModel, split: str,
                  batch_size: int | None = None) -> tuple[data.Split, np.ndarray]:
   """Returns (examples, logits [N, K]) of `trained` on every example of `split`, in order."""
-  examples = data.load_split(setup.data_spec(trained.config), split)
+  examples = data.load_split(setup.data_spec(trained.config), split,
+                             trained.config.data.train_split)
   batches = data.eval_batches(examples, trained.normalizer,
                               batch_size or trained.config.eval_batch_size)
   return examples, batched_logits(trained, batches)

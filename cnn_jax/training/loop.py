@@ -93,16 +93,18 @@ def device_train_batches(dataset, batch_size: int, seed: int, start_step: int,
                                                    batch_size, seed, step), sharding)
 
 
-def device_eval_batches(dataset, batch_size: int, sharding: NamedSharding,
-                        threads: int = 0) -> Iterator[dict]:
-  """Yields global eval batches covering every held-out example once, the last padded and masked."""
+def device_eval_batches(dataset, batch_size: int, sharding: NamedSharding, threads: int = 0,
+                        split: str = 'eval') -> Iterator[dict]:
+  """Yields global batches covering every example of the held-out split ('eval', or 'test') once,
+  the last padded and masked."""
+  examples = getattr(dataset, split)
   if isinstance(dataset, data.StreamedDataset):
     for batch in data.stream.eval_shard_batches(
-        dataset.eval, dataset.prepare, dataset.normalizer, batch_size,
+        examples, dataset.prepare, dataset.normalizer, batch_size,
         (jax.process_index(), jax.process_count()), threads):
       yield distributed.from_local(batch, sharding)
   else:
-    for batch in data.eval_batches(dataset.eval, dataset.normalizer, batch_size):
+    for batch in data.eval_batches(examples, dataset.normalizer, batch_size):
       yield distributed.to_global(batch, sharding)
 
 
@@ -248,11 +250,16 @@ def _eval_line(done: int, plan: Plan, split: str, finals: list[dict], seconds: f
 
 def fit(trainee: Trainee, state, runner, evaluate_all: Callable[[Any], list[dict]], plan: Plan,
         managers: list, progress: list[dict], eval_split: str, started: float,
-        progress_bar: bool = True, on_eval: Callable | None = None) -> list[dict]:
-  """Trains `state` from its step to plan.num_steps; returns each member's last eval metrics.
+        progress_bar: bool = True, on_eval: Callable | None = None,
+        evaluate_test: Callable[[Any], list[dict]] | None = None
+        ) -> tuple[list[dict], list[dict] | None]:
+  """Trains `state` from its step to plan.num_steps; returns (each member's last eval metrics,
+  each one's test metrics or None).
 
   Logs, evaluates and checkpoints when `plan` says so, and checkpoints on a timer and on SIGTERM
   or Ctrl-C. `on_eval(step, metrics)` runs after each evaluation (a sweep prunes by raising).
+  At the end, `evaluate_test` (if given) scores each member's checkpoint chosen on the eval split,
+  once; the metrics files record it as split 'test'.
 
   Raises:
     signals.TrainingInterrupted: a stop signal arrived; every member was checkpointed first.
@@ -303,10 +310,35 @@ def fit(trainee: Trainee, state, runner, evaluate_all: Callable[[Any], list[dict
       if stop.requested:
         break
   bar.close()
-  for writer in writers:
-    writer.close()
   for manager in managers:
     manager.wait_until_finished()  # The last save is asynchronous: complete it first.
   if stop.requested:
+    for writer in writers:
+      writer.close()
     raise signals.TrainingInterrupted(stop.signum, done)
-  return finals if finals[0] else evaluate_all(state)  # A finished run re-run: its result.
+  finals = finals if finals[0] else evaluate_all(state)  # A finished run re-run: its result.
+  tests = None
+  if evaluate_test is not None:
+    chosen, chosen_steps = chosen_checkpoints(trainee, managers, state)
+    tests = [{**metrics, 'checkpoint_step': step}
+             for metrics, step in zip(evaluate_test(chosen), chosen_steps)]
+    for writer, metrics in zip(writers, tests):
+      writer.write(done, 'test', metrics)
+  for writer in writers:
+    writer.close()
+  return finals, tests
+
+
+def chosen_checkpoints(trainee: Trainee, managers: list, state) -> tuple[Any, list[int]]:
+  """Each member's checkpoint chosen on the eval split (its best by checkpoint.best_metric; its
+  latest where none was ranked), restored onto `state`'s structure, and their steps."""
+  states, chosen_steps = [], []
+  for manager, member in zip(managers, trainee.split(state)):
+    step = manager.best_step()
+    if step is None or step == int(jax.device_get(member.step)):
+      step = int(jax.device_get(member.step))
+    else:
+      member, _ = checkpoint.restore(manager, step, member)
+    states.append(member)
+    chosen_steps.append(step)
+  return trainee.join(states), chosen_steps

@@ -184,16 +184,18 @@ def describe(config: ml_collections.ConfigDict, members: list[ml_collections.Con
 
 def summarise(workdir: str, workdirs: tuple[str, ...],
               members: tuple[ml_collections.ConfigDict, ...], config: ml_collections.ConfigDict,
-              finals: list[dict]) -> None:
-  """Writes WORKDIR/population.json and prints the members ranked by eval accuracy."""
+              finals: list[dict], tests: list[dict] | None = None) -> None:
+  """Writes WORKDIR/population.json and prints the members ranked by eval accuracy (the ranking
+  is a choice, so it is made on the eval split; the test accuracy is reported beside it)."""
   values = varied_values(config, members)
   rows = [{'member': os.path.relpath(workdirs[i], workdir), 'seed': member.seed,
-           **{key: float(v[i]) for key, v in values.items()}, **finals[i]}
+           **{key: float(v[i]) for key, v in values.items()}, **finals[i],
+           **({'test_accuracy': tests[i]['accuracy']} if tests else {})}
           for i, member in enumerate(members)]
   if distributed.is_main_process():
     with open(os.path.join(workdir, SUMMARY_FILE), 'w', encoding='utf-8') as f:
       json.dump({'members': rows}, f, indent=1)
-  header = ['member', 'seed', *values, 'accuracy', 'loss']
+  header = ['member', 'seed', *values, 'accuracy', 'loss', *(['test_accuracy'] if tests else [])]
   cell = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
   widths = [max(len(h), *(len(cell(r[h])) for r in rows)) for h in header]
   distributed.log('  '.join(h.rjust(w) for h, w in zip(header, widths)))

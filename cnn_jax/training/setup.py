@@ -26,10 +26,12 @@ def data_spec(config: ml_collections.ConfigDict) -> data.DataSpec:
 
 
 def load_data(config: ml_collections.ConfigDict, source: data.Source):
-  """Returns the config's training and eval data from `source` (opened from `data_spec(config)`):
-  streamed (`data.stream`) or held in memory."""
+  """Returns the config's training, eval and test data from `source` (opened from
+  `data_spec(config)`): streamed (`data.stream`) or held in memory."""
   load = data.stream_dataset if config.data.stream else data.load_dataset
-  return load(source, config.data.train_split, config.data.eval_split)
+  # `get`: a config.json written before test_split existed lacks it.
+  return load(source, config.data.train_split, config.data.eval_split,
+              config.data.get('test_split') or None)
 
 
 def model_kwargs(model_config: ml_collections.ConfigDict) -> dict:

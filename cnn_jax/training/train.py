@@ -79,22 +79,33 @@ def _describe(config, info: data.DatasetInfo, dataset, plan: setup.Plan, mesh: M
           + summary.format_summary(summary.summarize(model, info.image_shape)))
 
 
-def _result(finals: list[dict], trainee: loop.Trainee, config, plan: setup.Plan, workdir: str,
-            seconds: float) -> dict[str, float]:
-  """Reports the final evaluation (a population: ranks its members in population.json)."""
+def _score(metrics: dict[str, float]) -> str:
+  """'98.61% (355/360)'."""
+  correct = int(round(metrics['accuracy'] * metrics['count']))
+  return f'{metrics["accuracy"]:.2%} ({correct:,}/{int(metrics["count"]):,})'
+
+
+def _result(finals: list[dict], tests: list[dict] | None, trainee: loop.Trainee, config,
+            plan: setup.Plan, workdir: str, seconds: float) -> dict:
+  """Reports the result: the test split's score of the checkpoint chosen on the eval split (else
+  the last evaluation); a population also ranks its members in population.json."""
   best = int(np.argmax([f['accuracy'] for f in finals]))
-  split = config.data.eval_split
+  d = config.data
+  tested = (f'{_score(tests[best])} of the checkpoint at step '
+            f'{tests[best]["checkpoint_step"]:,}, chosen on {d.eval_split}') if tests else ''
+  took = f'{plan.num_steps:,} steps in {seconds:.1f} s.'
   if trainee.stacked:
     os.makedirs(workdir, exist_ok=True)
-    population.summarise(workdir, trainee.workdirs, trainee.configs, config, finals)
-    distributed.log(f'Best member: {best} ({trainee.workdirs[best]}), {split} accuracy '
-        f'{finals[best]["accuracy"]:.2%}; {len(finals)} models, {plan.num_steps:,} steps in '
-        f'{seconds:.1f} s.')
+    population.summarise(workdir, trainee.workdirs, trainee.configs, config, finals, tests)
+    distributed.log(f'Best member on {d.eval_split}: {best} ({trainee.workdirs[best]}), '
+                    f'{d.eval_split} accuracy {finals[best]["accuracy"]:.2%}'
+                    + (f'; {d.test_split} accuracy {tested}' if tests else '')
+                    + f'; {len(finals)} models, {took}')
+  elif tests:
+    distributed.log(f'Final {d.test_split} accuracy: {tested}; after {took}')
   else:
-    distributed.log(f'Final {split} accuracy: {finals[0]["accuracy"]:.2%} '
-        f'({int(round(finals[0]["accuracy"] * finals[0]["count"]))}/{int(finals[0]["count"])}) '
-        f'after {plan.num_steps:,} steps in {seconds:.1f} s.')
-  return {**finals[best], 'member': best}
+    distributed.log(f'Final {d.eval_split} accuracy: {_score(finals[0])} after {took}')
+  return {**finals[best], 'member': best, 'test': tests[best] if tests else None}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -164,11 +175,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     evaluate_all = lambda s: loop.evaluate(eval_step, s, loop.device_eval_batches(
         dataset, config.eval_batch_size, batch_sharding, config.data.workers))
     single_on_eval = None if on_eval is None else lambda step, finals: on_eval(step, finals[0])
-    finals = loop.fit(trainee, state, runner, evaluate_all, plan, managers, progress,
-                      config.data.eval_split, started, config.progress_bar, single_on_eval)
+    evaluate_test = None if dataset.test is None else lambda s: loop.evaluate(
+        eval_step, s, loop.device_eval_batches(dataset, config.eval_batch_size, batch_sharding,
+                                               config.data.workers, split='test'))
+    finals, tests = loop.fit(trainee, state, runner, evaluate_all, plan, managers, progress,
+                             config.data.eval_split, started, config.progress_bar,
+                             single_on_eval, evaluate_test)
   finally:
     if runner is not None:
       runner.close()
     for manager in managers:
       manager.close()
-  return _result(finals, trainee, config, plan, workdir, time.time() - started)
+  return _result(finals, tests, trainee, config, plan, workdir, time.time() - started)
