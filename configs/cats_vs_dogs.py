@@ -3,7 +3,8 @@
     python -m cnn_jax.main --config configs/cats_vs_dogs.py --workdir runs/cats_vs_dogs
 
 TFDS has only a 'train' split: its last 20% is the test split, and 10% of the rest (drawn with
-data.split_seed) the validation split. Images are resized to 128×128. Preparing the dataset needs TensorFlow once (README "Datasets").
+data.split_seed) the validation split. Images are resized to 128×128. Preparing the dataset
+needs TensorFlow once (README "Datasets").
 Accuracy and time: not yet measured by this project (no download on the dev machine).
 """
 
