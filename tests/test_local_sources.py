@@ -121,7 +121,7 @@ def test_an_unknown_idx_set_has_numbered_classes_unless_named(idx_dir, tmp_path)
   names = tuple('zero one two three four five six seven eight nine'.split())
   named = data.DataSpec('idx', path=str(idx_dir), class_names=names)
   assert data.describe_dataset(named).class_names == names
-  with pytest.raises(UserError, match='class_names has 2 names, but the IDX files .* hold 10'):
+  with pytest.raises(UserError, match=r'class_names has 2 name\(s\), but the IDX .* hold 10'):
     data.describe_dataset(data.DataSpec('idx', path=str(idx_dir), class_names=('a', 'b')))
 
 

@@ -74,7 +74,8 @@ def _find(directory: str, prefix: str, kind: str) -> str:
 def load_split(directory: str, split: str) -> Split:
   """Loads split 'train' or 'test' of the IDX files in `directory` as [N, H, W, 1] uint8 images."""
   if split not in SPLITS:
-    raise UserError(f'IDX files have splits {tuple(SPLITS)}; got {split!r}.')
+    raise UserError(f"IDX files have splits {tuple(SPLITS)}, and 'validation' held out of the "
+                    f'training split; got {split!r}.')
   images = read_idx(_find(directory, SPLITS[split], 'images'))
   labels = read_idx(_find(directory, SPLITS[split], 'labels'))
   if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):

@@ -124,7 +124,8 @@ class Digits(Source):
   def load_split(self, split: str) -> Split:
     name, part = slicing.parse(split)
     if name not in digits.SPLITS:
-      raise UserError(f"'digits' has splits {digits.SPLITS}; got {split!r}.")
+      raise UserError(f"'digits' has splits {digits.SPLITS}, and 'validation' held out of the "
+                      f'training split; got {split!r}.')
     return _resized(slicing.take(digits.load_split(name), part), self.spec.image_size)
 
 
@@ -137,7 +138,7 @@ class Idx(Source):
     known, class_names, shape = idx.describe(_directory(self.spec))
     if self.spec.class_names:
       if len(self.spec.class_names) != len(class_names):
-        raise UserError(f'config.data.class_names has {len(self.spec.class_names)} names, but '
+        raise UserError(f'config.data.class_names has {len(self.spec.class_names)} name(s), but '
                         f'the IDX files in {self.spec.path} hold {len(class_names)} classes.')
       class_names = tuple(self.spec.class_names)
     return _grey(self.spec, DatasetInfo(known or self.spec.name, len(class_names), class_names,
