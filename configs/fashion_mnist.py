@@ -3,7 +3,9 @@
     python -m cnn_jax.main --config configs/fashion_mnist.py --workdir runs/fashion_mnist
 
 A two-block ConvNet with batch norm: apparel is harder than digits, so more filters and a cosine
-schedule. Accuracy and time: not yet measured by this project (no download on the dev machine).
+schedule. Without TFDS's copy, it reads the original files that Debian's dataset-fashion-mnist
+installs. Measured on those, 2-core CPU, seed 0: 91.49% test accuracy of the checkpoint chosen on
+validation, 460 s (experiments/README.md).
 """
 
 from configs import default
