@@ -10,7 +10,7 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from cnn_jax import data, models
+from cnn_jax import models
 from cnn_jax.data import sources
 from cnn_jax.training import optim, steps, train
 from cnn_jax.errors import UserError
