@@ -291,3 +291,42 @@ def test_crop_keeps_the_centre_and_squash_the_whole_image(tmp_path):
   Image.fromarray(wide).save(tmp_path / 'wide.png')
   assert images.load_resized(str(tmp_path / 'wide.png'), 10, 3, 'crop').min() == 255
   assert images.load_resized(str(tmp_path / 'wide.png'), 10, 3, 'squash').min() == 0
+
+
+def _images_in(directory, count, rng):
+  directory.mkdir(parents=True, exist_ok=True)
+  for i in range(count):
+    _colour_image(rng, i % 2, (12, 12)).save(directory / f'{directory.name}.{i}.png')
+
+
+def test_a_folder_with_one_class_folder_is_refused_not_split_per_file(tmp_path):
+  rng = np.random.default_rng(0)
+  _images_in(tmp_path / 'one' / 'dog', 6, rng)  # Used to become six classes, dog.0 ... dog.5.
+  with pytest.raises(UserError, match="holds one class folder, 'dog'"):
+    image_folder.index_folder(str(tmp_path / 'one'))
+  _images_in(tmp_path / 'unique', 0, rng)
+  for i in range(4):
+    _colour_image(rng, 0, (12, 12)).save(tmp_path / 'unique' / f'photo_{i}.png')
+  with pytest.raises(UserError, match='every one of its 4 images would be a class of its own'):
+    image_folder.index_folder(str(tmp_path / 'unique'))
+  _images_in(tmp_path / 'nested' / 'a' / 'b' / 'cat', 3, rng)  # Wrappers inside wrappers.
+  _images_in(tmp_path / 'nested' / 'a' / 'b' / 'dog', 3, rng)
+  assert image_folder.index_folder(str(tmp_path / 'nested')).class_names == ('cat', 'dog')
+
+
+def test_an_empty_class_folder_is_named(tmp_path):
+  rng = np.random.default_rng(0)
+  _images_in(tmp_path / 'pets' / 'dog', 4, rng)
+  (tmp_path / 'pets' / 'cat').mkdir()
+  with pytest.raises(UserError, match="class folder\\(s\\) 'cat' in .* hold no image file"):
+    image_folder.index_folder(str(tmp_path / 'pets'))
+
+
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
+  grey = np.random.default_rng(0).integers(100, 190, (20, 30))
+  Image.fromarray((grey * 257).astype(np.uint16)).save(tmp_path / 'deep.png')
+  Image.fromarray((grey / 255).astype(np.float32), 'F').save(tmp_path / 'float.tiff')
+  for name in ('deep.png', 'float.tiff'):
+    for channels in (1, 3):
+      decoded = images.read_image(str(tmp_path / name), channels)
+      assert abs(decoded.mean() - grey.mean()) < 0.6, (name, channels)  # Not ~255: scaled.

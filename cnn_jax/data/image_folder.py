@@ -34,6 +34,14 @@ class FolderIndex:
   labels: tuple[int, ...]
 
 
+def _holds_folders_only(path: str) -> bool:
+  """Whether `path` holds subfolders and no image of its own: the classes (or another wrapper)
+  are inside it. A folder of images is one class, not a wrapper."""
+  names = os.listdir(path)
+  return (any(os.path.isdir(os.path.join(path, n)) and not n.startswith('.') for n in names)
+          and not any(n.lower().endswith(images.IMAGE_EXTENSIONS) for n in names))
+
+
 def index_folder(path: str) -> FolderIndex:
   """Finds the classes and files under `path` in any of the layouts above.
 
@@ -47,20 +55,30 @@ def index_folder(path: str) -> FolderIndex:
   flat = sorted(os.path.join(path, n) for n in os.listdir(path)
                 if n.lower().endswith(images.IMAGE_EXTENSIONS)
                 and os.path.isfile(os.path.join(path, n)))
-  if len(subdirs) == 1 and not flat:  # A wrapper such as PetImages/: look inside it.
-    return index_folder(os.path.join(path, subdirs[0]))
+  if len(subdirs) == 1 and not flat:
+    inner = os.path.join(path, subdirs[0])
+    if _holds_folders_only(inner):  # A wrapper such as PetImages/: look inside it.
+      return index_folder(inner)
+    raise UserError(f'{path!r} holds one class folder, {subdirs[0]!r}: a classifier needs two or '
+                    f'more classes, each in its own subfolder (e.g. {path}/other/).')
   if subdirs and len(subdirs) >= 2:
     class_names = tuple(subdirs)
-    files, labels = [], []
-    for label, name in enumerate(class_names):
-      found = images.image_files(os.path.join(path, name))
-      files += found
-      labels += [label] * len(found)
+    found = [images.image_files(os.path.join(path, name)) for name in class_names]
+    empty = [name for name, class_files in zip(class_names, found) if not class_files]
+    if empty:
+      raise UserError(f'class folder(s) {", ".join(map(repr, empty))} in {path!r} hold no image '
+                      'file: the model could never learn those classes. Fill or remove them.')
+    files = [f for class_files in found for f in class_files]
+    labels = [label for label, class_files in enumerate(found) for _ in class_files]
   else:  # Kaggle layout: the class is the file name up to the first '.'.
     files = flat
     prefixes = [os.path.basename(f).split('.')[0].lower() for f in files]
     class_names = tuple(sorted(set(prefixes)))
     labels = [class_names.index(p) for p in prefixes]
+    if len(files) > 2 and len(class_names) == len(files):
+      raise UserError(f'{path!r}: every one of its {len(files):,} images would be a class of its '
+                      'own (names like CLASS.N.jpg give the class before the first dot); put each '
+                      'class in its own subfolder instead.')
   if len(class_names) < 2 or not files:
     raise UserError(
         f'{path!r} holds {len(files)} images in {len(class_names)} class(es); put each class in '

@@ -50,9 +50,26 @@ def _decode(path: str, channels: int, draft_size: int | None = None) -> Image.Im
       if draft_size:  # JPEG only: decode at 1/2, 1/4 or 1/8 scale if that still covers the size.
         image.draft(mode, (draft_size, draft_size))
       image.load()  # Decodes now, so a truncated file fails here rather than later.
-      return image.convert(mode)
+      return _to_8_bit(image).convert(mode)
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise UnreadableImage(f'not a readable image: {e}') from None
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+  """`image` with 8-bit pixels, scaled from 16-bit, 32-bit integer or float grey ones.
+
+  PIL's own convert('L') clips such pixels to 0..255 instead of scaling them (a 16-bit photo of
+  mean 145 would come out almost white).
+  """
+  if image.mode not in ('I', 'F') and not image.mode.startswith('I;16'):
+    return image
+  pixels = np.asarray(image, np.float64)
+  if image.mode == 'F':  # Floats: [0, 1] if they fit, else taken as 0..255.
+    full_scale = 1.0 if pixels.max(initial=0.0) <= 1.0 else 255.0
+  else:  # 16-bit, or 32-bit integers holding up to 16 bits (PIL opens 16-bit PNGs as 'I').
+    full_scale = 65535.0 if pixels.max(initial=0.0) <= 65535 else float(pixels.max())
+  scaled = np.clip(np.round(pixels * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+  return Image.fromarray(scaled, 'L')
 
 
 def _to_array(image: Image.Image, channels: int) -> np.ndarray:
