@@ -7,6 +7,7 @@ with a short message on stderr and exit status 2. Anything else is a bug and kee
 import os
 import re
 import sys
+import traceback
 from typing import Callable
 
 import ml_collections
@@ -41,6 +42,16 @@ def _without_traceback(message: str) -> str:
   return before.strip() + ' ' + (lines[-1].strip() if lines else '')
 
 
+def _config_file(argv: list[str]) -> str:
+  """The --config argument of `argv` (as given, with any ':variant'), or '' if there is none."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return ''
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
@@ -48,6 +59,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _exit_with(f'{_without_traceback(str(e))}\nPass --helpfull to see every flag.')
   except (AttributeError, KeyError) as e:  # An override names a key the config does not have.
     text = _innermost_message(e)
+    if "has no attribute 'get_config'" in text:
+      _exit_with(f'the config file {_config_file(argv)!r} has no get_config(): it must define '
+                 'get_config() returning an ml_collections.ConfigDict (see configs/digits.py).')
     bad = re.match(r"'([^']+)'", text)
     overrides = [a for a in argv[1:] if bad and a.startswith('--config.')
                  and bad.group(1) in re.split(r'[.=]', a[2:])]
@@ -55,7 +69,19 @@ def _parse_flags(argv: list[str]) -> list[str]:
     hint = text.split('\n', 1)[1].strip() if '\n' in text else ''
     _exit_with(f"unknown config key {bad.group(1) if bad else text!r}{where}. {hint}\n"
                'Every key and its meaning is listed in configs/default.py.')
+  except Exception as e:  # pylint: disable=broad-except  # The config file itself failed to run.
+    where = _config_location(e)
+    _exit_with(f'could not load the config file {_config_file(argv)!r}{where}: '
+               f'{type(e).__name__}: {e}')
   return []  # Not reached: _exit_with exits.
+
+
+def _config_location(error: BaseException) -> str:
+  """' (line N of FILE)': where running a config file raised; '' for a syntax error."""
+  if isinstance(error, SyntaxError):
+    return ''  # Its message names the file and the line.
+  frames = traceback.extract_tb(error.__traceback__)
+  return f' (line {frames[-1].lineno} of {frames[-1].filename})' if frames else ''
 
 
 def parsed_config(flag_name: str = 'config') -> ml_collections.ConfigDict:

@@ -74,3 +74,33 @@ def test_words_that_are_not_flags_are_refused(tmp_path):
                            'configs/digits.py', 'steps=10'], cwd=REPO, capture_output=True,
                           text=True, timeout=60, check=False)
   assert result.returncode == 2 and "unexpected arguments ['steps=10']" in result.stderr
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('def get_config(:\n', "could not load the config file '{path}': SyntaxError"),
+    ('def get_config():\n  raise RuntimeError("boom")\n',
+     "could not load the config file '{path}' (line 2 of {path}): RuntimeError: boom"),
+    ('x = 1\n', "the config file '{path}' has no get_config()"),
+])
+def test_a_broken_config_file_is_one_message(tmp_path, text, expected):
+  path = tmp_path / 'broken.py'
+  path.write_text(text)
+  result = _main('--config', str(path), '--workdir', str(tmp_path / 'w'))
+  assert result.returncode == 2 and expected.format(path=path) in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_an_unusable_workdir_is_refused_before_any_work(tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  for workdir, expected in ((tmp_path / 'a_file', 'is a file; give a directory'),
+                            (tmp_path / 'a_file' / 'run', f"lies under '{tmp_path / 'a_file'}'")):
+    result = _main('--config', 'configs/digits.py', '--workdir', str(workdir))
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert 'Traceback' not in result.stderr and 'digits:' not in result.stdout  # No data loaded.
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root may write in any directory')
+def test_a_read_only_workdir_is_refused(tmp_path):
+  (tmp_path / 'locked').mkdir(mode=0o500)
+  result = _main('--config', 'configs/digits.py', '--workdir', str(tmp_path / 'locked' / 'run'))
+  assert result.returncode == 2 and 'is not writable by this user' in result.stderr

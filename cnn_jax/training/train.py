@@ -22,7 +22,7 @@ from cnn_jax.runtime import distributed
 from cnn_jax.training import checkpoint, cpu_kernels, loop, population, setup, steps
 from cnn_jax.training.augment import Augmentation
 from cnn_jax.training.validation import validate_config
-from cnn_jax.training.workdir import save_dataset_record, save_run_record
+from cnn_jax.training.workdir import check_workdir, save_dataset_record, save_run_record
 
 
 def report_skipped(dataset, workdir: str) -> None:
@@ -130,6 +130,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # ---- check everything before any work ----------------------------------------------------------
   mesh = Mesh(np.asarray(jax.devices()), ('data',))  # One data axis; one device is a mesh of one.
   validate_config(config, num_devices=mesh.size)
+  for path in [workdir, *(member_workdirs or [])]:
+    check_workdir(path)
   members = population.member_configs(config) if config.population.size > 1 else None
   source = data.open_source(setup.data_spec(config))
   info = source.describe()

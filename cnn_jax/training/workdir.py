@@ -47,6 +47,26 @@ def _git_commit() -> str:
     return 'unknown'  # Installed from a wheel, or git missing.
 
 
+def check_workdir(path: str) -> None:
+  """Checks that `path` is a directory, or can be made one, that this process may write in.
+
+  Raises:
+    UserError: `path` is a file, lies under a file, or under a directory that is not writable.
+  """
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f'--workdir {path!r} is a file; give a directory (it is created if missing).')
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise UserError(f'--workdir {path!r} lies under {existing!r}, which is a file, not a '
+                    'directory.')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise UserError(f'--workdir {path!r}: {existing!r} is not writable by this user; choose a '
+                    'directory you can write to.')
+
+
 def save_run_record(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes the resolved config and the library versions into `workdir`."""
   os.makedirs(workdir, exist_ok=True)
