@@ -175,3 +175,15 @@ def test_a_population_sweep_refuses_keys_members_cannot_vary(tmp_path):
                           capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 2
   assert 'this sweep also varies model.features, model.kernel_size' in result.stderr
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('optimizer.learning_rate=logunifrm(1e-4,1e-1)', "'logunifrm' is not a range (did you mean "
+                                                     "'loguniform'?)"),
+    ('optimizer.learning_rate=uniform(0.1)', 'uniform takes two numbers'),
+])
+def test_a_misspelled_range_is_named_with_the_valid_forms(text, expected):
+  with pytest.raises(UserError) as error:
+    sweep_space.parse(text)
+  assert expected in str(error.value) and 'loguniform(a,b)' in str(error.value)
+  assert '<ast.' not in str(error.value)

@@ -48,6 +48,14 @@ def parse(text: str) -> Param:
     raise UserError(f'--sweep {text!r}: write KEY=SPEC, e.g. optimizer.learning_rate='
                     'loguniform(1e-4,1e-1) or model.features=[16,32,64].')
   match = re.fullmatch(r'(uniform|loguniform|int)\(\s*([^,]+?)\s*,\s*([^,]+?)\s*\)', spec)
+  called = re.fullmatch(r'(\w+)\s*\(.*', spec)
+  if called and not match:
+    name, ranges = called.group(1), ('uniform', 'loguniform', 'int')
+    close = difflib.get_close_matches(name, ranges, n=1)
+    problem = (f'{name} takes two numbers' if name in ranges else
+               f'{name!r} is not a range' + (f' (did you mean {close[0]!r}?)' if close else ''))
+    raise UserError(f'--sweep {text!r}: {problem}. Write uniform(a,b), loguniform(a,b), '
+                    'int(a,b) or a list [a,b,c].')
   try:
     if match:
       kind, low, high = match.group(1), float(match.group(2)), float(match.group(3))
