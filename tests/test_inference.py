@@ -108,3 +108,8 @@ def test_the_commands_run_from_the_workdir_alone(workdir, image_dir):
   result = run('cnn_jax.predict', str(image_dir / 'missing.png'))
   assert result.returncode == 2 and 'does not exist' in result.stderr
   assert 'Traceback' not in result.stderr
+  result = run('cnn_jax.predict', '--json', str(image_dir / 'missing.png'),
+               str(next(image_dir.glob('00_label*.png'))))  # One missing: the others still run.
+  records = [json.loads(line) for line in result.stdout.strip().splitlines()]
+  assert result.returncode == 0 and records[0]['error'] == 'does not exist'
+  assert records[1]['prediction'] in '0123456789'

@@ -19,17 +19,18 @@ def image_files(directory: str) -> list[str]:
 def expand_paths(paths: list[str]) -> list[str]:
   """Returns the files named, with each directory replaced by its image files (recursive, sorted).
 
+  A path that does not exist stays in the list, so that its caller reports it beside the others
+  (see `UnreadableImage`) rather than giving up on all of them.
+
   Raises:
-    UserError: a path does not exist.
+    UserError: none of the paths exists.
   """
+  if paths and not any(os.path.exists(path) for path in paths):
+    raise UserError(f'{paths[0]!r} does not exist' + (', nor does any other path given.'
+                                                     if len(paths) > 1 else '.'))
   files = []
   for path in paths:
-    if os.path.isdir(path):
-      files.extend(image_files(path))
-    elif os.path.exists(path):
-      files.append(path)
-    else:
-      raise UserError(f'{path!r} does not exist.')
+    files.extend(image_files(path) if os.path.isdir(path) else [path])
   return files
 
 
@@ -42,6 +43,8 @@ RESIZE_MODES = ('squash', 'crop')
 
 def _decode(path: str, channels: int, draft_size: int | None = None) -> Image.Image:
   """Opens and fully decodes `path` as grey (channels=1) or RGB, whatever its own mode."""
+  if not os.path.exists(path):
+    raise UnreadableImage('does not exist')
   if os.path.getsize(path) == 0:
     raise UnreadableImage('empty file (0 bytes)')
   mode = 'L' if channels == 1 else 'RGB'
