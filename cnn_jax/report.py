@@ -16,9 +16,10 @@ def define_flags() -> None:
   """Defines this command's flags (only when it runs, so the module imports anywhere)."""
   flags.DEFINE_string('workdir', None, 'The workdir of a training run.')
   flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")
-  flags.DEFINE_string('image', None, 'Image for the feature maps; default: the first eval image.')
+  flags.DEFINE_string('image', None, 'Image for the feature maps; default: the first image of '
+                      'the split.')
   flags.DEFINE_string('split', None, "Split for the confusion matrix and mistakes; default: the "
-                      "run's eval_split.")
+                      "run's test_split, else its eval_split.")
   flags.mark_flag_as_required('workdir')
 
 

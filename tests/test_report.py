@@ -45,6 +45,9 @@ def digits_run(tmp_path_factory):
 def test_report_of_a_digits_run(digits_run):
   page = _assert_report(run_report.build_report(digits_run))
   assert 'Learned filters of conv_0: 32 filters of 3×3×1' in page
+  # The test split, by default, and its one evaluation at the end of training.
+  assert 'On split test: accuracy' in page and '360 images' in page
+  assert 'evaluated once at the end on the checkpoint chosen on validation' in page
 
 
 def test_report_with_an_image_of_ones_own(digits_run, tmp_path):

@@ -106,7 +106,8 @@ def build_report(workdir: str, which: str = 'latest', image_path: str | None = N
   if os.path.exists(os.path.join(workdir, SWEEP_FILE)):
     return build_sweep_report(workdir)
   trained = inference.load_trained(workdir, which)
-  split = split or trained.config.data.eval_split
+  # The test split where the run has one: the report describes the model, it chooses nothing.
+  split = split or trained.config.data.get('test_split') or trained.config.data.eval_split
   out = os.path.join(workdir, 'report')
   os.makedirs(out, exist_ok=True)
   path = lambda name: os.path.join(out, name)
