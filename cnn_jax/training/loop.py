@@ -333,10 +333,11 @@ def chosen_checkpoints(trainee: Trainee, managers: list, state) -> tuple[Any, li
   """Each member's checkpoint chosen on the eval split (its best by checkpoint.best_metric; its
   latest where none was ranked), restored onto `state`'s structure, and their steps."""
   states, chosen_steps = [], []
+  last = step_of(trainee, state)
   for manager, member in zip(managers, trainee.split(state)):
     step = manager.best_step()
-    if step is None or step == int(jax.device_get(member.step)):
-      step = int(jax.device_get(member.step))
+    if step is None or step == last:  # The state in hand is the chosen one.
+      step = last
     else:
       member, _ = checkpoint.restore(manager, step, member)
     states.append(member)
