@@ -139,7 +139,9 @@ def get_config():
   # ordinary run in WORKDIR/member_XX, which evaluate, predict and report accept.
   config.population = ml_collections.ConfigDict()
   config.population.size = 0  # Members; 0 or 1 trains a single model.
-  config.population.seeds = ()  # Initialisation and dropout seeds; () = seed, seed + 1, ...
+  # Initialisation and dropout seeds; () = `seed` for every member, which then differ only in
+  # the values compared below.
+  config.population.seeds = ()
   config.population.learning_rates = ()  # optimizer.learning_rate per member.
   config.population.weight_decays = ()  # optimizer.weight_decay per member.
   config.population.label_smoothings = ()  # label_smoothing per member.

@@ -21,6 +21,7 @@ def _main(*args, cwd=REPO):
     (['--config.batch_size=abc'], '--config.batch_size=abc'),
     (['--config.model.name=resnt18'], "did you mean 'resnet18'"),
     (['--config.model.kernel_size=9', '--config.model.padding=VALID'], 'kernel 9'),
+    (['--config.model.features=(0,16)'], 'features=(0, 16) has 0; every entry must be a positive'),
     (['--config.data.name=mnist', '--config.data.tfds_data_dir=/nonexistent'],
      'download_and_prepare'),
 ])

@@ -24,6 +24,14 @@ def abstract_params(model, shape):
   return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *shape)))
 
 
+def with_random_head(variables):
+  """`variables` with a random classifier: at init it is zero, which hides what the body computes
+  (zero logits, no gradient into the body)."""
+  head = variables['params']['head']
+  head['kernel'] = jax.random.normal(jax.random.key(3), head['kernel'].shape)
+  return variables
+
+
 def images(shape, batch=2, seed=0):
   return jax.random.normal(jax.random.key(seed), (batch, *shape))
 
@@ -176,10 +184,23 @@ def test_l2_pool_known_values_and_finite_gradient_at_zero():
   np.testing.assert_allclose(grad.ravel()[:2], [3 / 5, 4 / 5], rtol=1e-5)
 
 
+@pytest.mark.parametrize('name', ['convnet', 'keras_mnist', 'lenet5', 'resnet_small'])
+def test_every_class_starts_equally_likely(name):
+  """The classifier starts at zero, whatever the body's initialiser: the first loss is ln(C)."""
+  model = create_model(name, 10)
+  x = images((28, 28, 1))
+  variables = model.init(jax.random.key(0), x)
+  logits = model.apply(variables, x)
+  np.testing.assert_array_equal(logits, np.zeros_like(logits))
+  body = [v for path, v in jax.tree_util.tree_leaves_with_path(variables['params'])
+          if 'kernel' in jax.tree_util.keystr(path) and 'head' not in jax.tree_util.keystr(path)]
+  assert body and all(float(jnp.std(k)) > 0 for k in body)  # The rest is drawn as configured.
+
+
 def test_dropout_depends_on_key_in_train_and_is_identity_in_eval():
   model = create_model('keras_mnist', 10)  # dropout 0.5 before the classifier
   x = images((28, 28, 1))
-  variables = model.init(jax.random.key(0), x)
+  variables = with_random_head(model.init(jax.random.key(0), x))
   train_a = model.apply(variables, x, train=True, rngs={'dropout': jax.random.key(1)})
   train_b = model.apply(variables, x, train=True, rngs={'dropout': jax.random.key(2)})
   assert not np.allclose(train_a, train_b)
@@ -190,7 +211,7 @@ def test_dropout_depends_on_key_in_train_and_is_identity_in_eval():
 def test_conv_dropout_uses_the_dropout_stream():
   model = create_model('tiny', 3, conv_dropout=0.5)
   x = images((8, 8, 1))
-  variables = model.init(jax.random.key(0), x)
+  variables = with_random_head(model.init(jax.random.key(0), x))
   outs = [model.apply(variables, x, train=True, rngs={'dropout': jax.random.key(k)})
           for k in (1, 2)]
   assert not np.allclose(*outs)
@@ -249,7 +270,7 @@ def test_pool_first_training_equals_the_textbook_order(kwargs):
   shape = (12, 12, 3)
   fast = create_model('convnet', 4, features=(6, 8), dense=(), **kwargs)
   textbook = fast.clone(pool_first=False)
-  variables = fast.init(jax.random.key(0), jnp.zeros((1, *shape)))
+  variables = with_random_head(fast.init(jax.random.key(0), jnp.zeros((1, *shape))))
   x = images(shape, batch=4)
 
   def loss(params, model):

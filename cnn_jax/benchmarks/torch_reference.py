@@ -155,6 +155,7 @@ def build_torch_convnet(model_name: str, model_kwargs: dict, image_shape: tuple[
       _INITIALIZERS[net.initializer](nn.init, layer.weight, layer.weight[0].numel())
       if layer.bias is not None:
         nn.init.zeros_(layer.bias)
+  nn.init.zeros_(layers[-1].weight)  # The classifier starts at zero, as models.layers.HEAD_INIT.
   return nn.Sequential(*layers)
 
 

@@ -88,7 +88,7 @@ def _parts(source: Source, train_split: str, eval_split: str, test_split: str | 
   `spec.validation_fraction` of it, drawn by `spec.split_seed` (fixed whatever the training seed),
   and training uses the rest.
   """
-  train = open_split(source, train_split)
+  train = _nonempty(open_split(source, train_split), 'train_split', train_split)
   if _holds_out(source, eval_split):
     kept, held_out = slicing.holdout(len(train), source.spec.validation_fraction,
                                      source.spec.split_seed)
@@ -98,8 +98,18 @@ def _parts(source: Source, train_split: str, eval_split: str, test_split: str | 
                       'split.')
     train, held = open_split.part(train, kept), open_split.part(train, held_out)
   else:
-    held = open_split(source, eval_split)
-  return train, held, open_split(source, test_split) if test_split else None
+    held = _nonempty(open_split(source, eval_split), 'eval_split', eval_split)
+  test = _nonempty(open_split(source, test_split), 'test_split', test_split) if test_split else None
+  return train, held, test
+
+
+def _nonempty(split, key: str, name: str):
+  """`split`, if it holds an example; an empty slice ('train[:0]', 'test[50%:10%]') would train
+  nothing or report an accuracy of nothing."""
+  if not len(split):
+    raise UserError(f'config.data.{key}={name!r} selects no example: check its slice '
+                    "(START:STOP, e.g. 'train[:90%]').")
+  return split
 
 
 class _InMemory:

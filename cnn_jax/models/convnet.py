@@ -57,13 +57,15 @@ def block_settings(net: 'ConvNet') -> list[dict[str, Any]]:
   """Returns the settings of each conv block of `net`, one dict per block, broadcast and checked.
 
   Raises:
-    UserError: a per-block sequence of the wrong length, or an unknown padding or pool kind.
+    UserError: no block, a size that is not a positive int, a per-block sequence of the wrong
+      length, or an unknown padding or pool kind.
   """
-  n = len(net.features)
-  if n == 0:
-    raise UserError('features is empty; give at least one conv block, e.g. features=(32,)')
+  n = len(layers.widths('features', net.features, allow_empty=False))
   fields = ('kernel_size', 'strides', 'padding', 'pool', 'pool_window', 'pool_stride')
   columns = {f: per_block(f, getattr(net, f), n) for f in fields}
+  for f in ('kernel_size', 'strides', 'pool_window', 'pool_stride'):
+    for size in columns[f]:
+      layers.positive_int(f, size)
   for p in columns['padding']:
     layers.choose('padding', p, PADDINGS)
   for p in columns['pool']:
@@ -92,8 +94,9 @@ class ConvNet(nn.Module):
     conv_dropout: dropout rate after each conv block.
     dense: widths of the hidden dense layers before the classifier.
     dense_dropout: dropout rate before each dense layer, the classifier included.
-    initializer: kernel initialiser of every Conv and Dense, one of `layers.INITIALIZERS` (not
-      called `init`, which would shadow `Module.init`).
+    initializer: kernel initialiser of every Conv and hidden Dense, one of `layers.INITIALIZERS`
+      (not called `init`, which would shadow `Module.init`); the classifier starts at zero
+      (`layers.HEAD_INIT`).
     use_bias: whether Conv (without batch norm) and Dense layers have a bias.
     pool_first: in training, compute conv ─► max pool ─► bias ─► activation, which equals
       conv ─► bias ─► activation ─► max pool for a monotone activation and is faster.
@@ -122,6 +125,7 @@ class ConvNet(nn.Module):
     # Check at construction, so a bad config fails in `create_model`, before any data is loaded.
     super().__post_init__()
     block_settings(self)
+    layers.widths('dense', self.dense, allow_empty=True)
     layers.get_activation(self.activation)
     layers.get_initializer(self.initializer)
     for field in ('conv_dropout', 'dense_dropout'):
@@ -171,7 +175,8 @@ class ConvNet(nn.Module):
       x = act(nn.Dense(width, use_bias=self.use_bias, name=f'dense_{j}', **common)(x))
     if not layers.is_static_zero(self.dense_dropout):
       x = layers.Dropout(self.dense_dropout, name='head_dropout')(x, not train)
-    x = nn.Dense(self.num_classes, use_bias=self.use_bias, name='head', **common)(x)
+    head = dict(common, kernel_init=layers.HEAD_INIT)
+    x = nn.Dense(self.num_classes, use_bias=self.use_bias, name='head', **head)(x)
     return x.astype(jnp.float32)  # [B, num_classes]
 
 

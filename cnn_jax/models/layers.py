@@ -53,6 +53,12 @@ POOL_KINDS = ('max', 'avg', 'l2', 'none')
 # is finite and the forward value changes by at most sqrt(1e-12) = 1e-6.
 L2_POOL_EPS = 1e-12
 
+# The classifier's kernel starts at zero: every class starts equally likely, so the first loss is
+# ln(num_classes) (2.30 for 10 classes) and the curve shows learning from the first step. A He or
+# Xavier head on top of ReLU features starts with logits of several units and a loss 2-3× higher,
+# which the first steps spend undoing. The layers below get gradients from the second step on.
+HEAD_INIT = nn.initializers.zeros_init()
+
 
 def is_static_zero(value: Any) -> bool:
   """True for a plain Python 0 (a setting that is off); False for other numbers and for arrays.
@@ -62,6 +68,29 @@ def is_static_zero(value: Any) -> bool:
   member's value is 0.
   """
   return isinstance(value, (int, float)) and value == 0
+
+
+def positive_int(field: str, value: Any) -> int:
+  """Returns `value` if it is a positive int (a size, stride or width), else raises a UserError.
+
+  Without this check a 0, a negative, a fraction or a word reaches JAX as a shape and fails there
+  with a ZeroDivisionError or a TypeError that does not name the setting.
+  """
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise UserError(f'{field}={value!r} must be a positive integer')
+  return value
+
+
+def widths(field: str, value: Any, allow_empty: bool) -> tuple[int, ...]:
+  """Returns `value` as a tuple of positive ints (layer widths), else raises a UserError."""
+  if isinstance(value, str) or not isinstance(value, Sequence):
+    raise UserError(f'{field}={value!r} must be a tuple of positive integers, e.g. (32, 64)')
+  if not value and not allow_empty:
+    raise UserError(f'{field} is empty; give at least one, e.g. {field}=(32,)')
+  for v in value:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise UserError(f'{field}={tuple(value)!r} has {v!r}; every entry must be a positive integer')
+  return tuple(value)
 
 
 def choose(kind: str, name: str, allowed: Sequence[str]) -> str:

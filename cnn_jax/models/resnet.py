@@ -15,7 +15,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.errors import UserError
 from cnn_jax.models import layers
 from cnn_jax.models.convnet import BN_EPSILON, BN_MOMENTUM
 
@@ -66,7 +65,8 @@ class ResNet(nn.Module):
     num_filters: channels of the stem and the first stage; each later stage doubles them.
     stem: 'imagenet' (7×7/2 conv + 3×3/2 max pool; for 128–224 px images) or 'small' (3×3/1 conv,
       no pool; for 32–64 px images, which the ImageNet stem would shrink 4× too early).
-    initializer: kernel initialiser of every Conv and Dense, one of `layers.INITIALIZERS`.
+    initializer: kernel initialiser of every Conv, one of `layers.INITIALIZERS`; the classifier
+      starts at zero (`layers.HEAD_INIT`).
     dtype: computation dtype; parameters stay float32 and logits are returned as float32.
   """
 
@@ -82,8 +82,8 @@ class ResNet(nn.Module):
     super().__post_init__()
     layers.choose('stem', self.stem, STEMS)
     layers.get_initializer(self.initializer)
-    if not self.stage_sizes or min(self.stage_sizes) < 1:
-      raise UserError(f'stage_sizes must be non-empty positive ints, got {self.stage_sizes}')
+    layers.widths('stage_sizes', self.stage_sizes, allow_empty=False)
+    layers.positive_int('num_filters', self.num_filters)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -117,7 +117,7 @@ class ResNet(nn.Module):
                           name=f'stage{i + 1}_block{j}')(x, train)
     x = jnp.mean(x, axis=(1, 2))  # [B, C] global average pool
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=kernel_init, name='head')(x)
+                 kernel_init=layers.HEAD_INIT, name='head')(x)
     return x.astype(jnp.float32)  # [B, num_classes]
 
 

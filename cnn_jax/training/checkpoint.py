@@ -156,8 +156,12 @@ def _mismatches(saved_metadata: Any, template: Any) -> list[str]:
   return problems
 
 
-def _locate(path: str) -> tuple[str, int | None]:
-  """Returns (checkpoints directory, step or None for latest) for a workdir or checkpoint path."""
+def locate(path: str) -> tuple[str, int | None]:
+  """Returns (checkpoints directory, step or None for latest) for a workdir or checkpoint path.
+
+  Raises:
+    UserError: `path` is neither.
+  """
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
     return os.path.join(path, CHECKPOINT_DIR), None
@@ -196,7 +200,7 @@ def read_state(path: str) -> tuple[dict, str, int]:
   Raises:
     UserError: no checkpoint at `path`.
   """
-  root, step = _locate(path)
+  root, step = locate(path)
   manager = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
                                   item_handlers=_item_handlers())
   step = manager.latest_step() if step is None else step

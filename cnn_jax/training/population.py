@@ -5,9 +5,10 @@
         --config.population.learning_rates='(3e-4, 1e-3, 3e-3, 1e-2)'
 
 `jax.vmap` turns the train step of one model into the train step of N stacked models; every
-member sees the same batches (the order of `shuffle_seed`, else `seed`) and has its own seed,
-learning rate, weight decay, label smoothing and dropout rates, which enter the compiled step as
-arrays. One dispatch then trains all N, which on a CPU amortises the per-step overhead and on an
+member sees the same batches (the order of `shuffle_seed`, else `seed`) and has its own learning
+rate, weight decay, label smoothing and dropout rates, which enter the compiled step as arrays,
+and the seed `population.seeds` gives it (by default `seed` for all, so that members differ only
+in what is compared). One dispatch then trains all N, which on a CPU amortises the per-step overhead and on an
 accelerator fills the device. Batches come from the host (`data.on_device` is for single runs).
 The loop is the single model's (`cnn_jax.training.loop`); this module says what differs.
 
@@ -73,6 +74,10 @@ def _problems(config: ml_collections.ConfigDict) -> list[str]:
   problems = [f'config.population.{field} has {len(pop[field])} values but population.size is '
               f'{pop.size}; give one per member, or () for the same value in all'
               for field in VARIED if pop[field] and len(pop[field]) != pop.size]
+  if not any(pop[field] for field in VARIED):
+    problems.append(f'config.population.size={pop.size} but no population list varies anything, '
+                    'so every member would be the same model: list what differs, e.g. '
+                    f'population.seeds={tuple(range(pop.size))} or population.learning_rates')
   name = config.model.name
   model_fields = models.model_fields(name) if name in models.MODELS else ()
   for field in ('dense_dropouts', 'conv_dropouts'):
@@ -106,7 +111,10 @@ def member_configs(config: ml_collections.ConfigDict) -> list[ml_collections.Con
       _set(member, f'population.{field}', ())
     # Every member reads the population's batch order, so alone it needs the same shuffle seed.
     _set(member, 'shuffle_seed', setup.shuffle_seed(config))
-    _set(member, 'seed', config.seed + i)
+    # Members keep `seed` unless population.seeds lists theirs, so a comparison of learning
+    # rates (say) compares learning rates, not learning rates mixed with initialisations.
+    values = {f'population.{field}[{i}]': config.population[field][i]
+              for field in VARIED if config.population[field]}
     for field, key in VARIED.items():
       if config.population[field]:
         _set(member, key, config.population[field][i])
@@ -115,7 +123,8 @@ def member_configs(config: ml_collections.ConfigDict) -> list[ml_collections.Con
       # Constructing the model checks its field values (a dropout rate in [0, 1), say).
       setup.build_model(member, 2)
     except UserError as e:
-      raise UserError(f'Population member {i}: {e}') from None
+      given = ', '.join(f'{key}={value!r}' for key, value in values.items())
+      raise UserError(f'Population member {i} ({given}): {e}') from None
     members.append(member)
   return members
 

@@ -132,6 +132,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   validate_config(config, num_devices=mesh.size)
   for path in [workdir, *(member_workdirs or [])]:
     check_workdir(path)
+  if config.init_from:
+    checkpoint.locate(config.init_from)  # A warm start's checkpoint exists, before data loads.
   members = population.member_configs(config) if config.population.size > 1 else None
   source = data.open_source(setup.data_spec(config))
   info = source.describe()

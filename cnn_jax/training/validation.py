@@ -15,6 +15,7 @@ from cnn_jax.training.checkpoint import BEST_METRICS
 from cnn_jax.errors import UserError
 
 DTYPES = ('float32', 'bfloat16')
+CLASS_NAMES_READ_BY = ('csv', 'idx')  # The sources that take config.data.class_names.
 INIT_LAYERS = ('all', 'matching')
 # Model fields set from elsewhere than config.model: the dataset, config.dtype, config.pool_first.
 GLOBAL_MODEL_FIELDS = ('num_classes', 'dtype', 'pool_first')
@@ -46,7 +47,9 @@ def _check_number(problems, key, value, low=None, high=None, integer=False, low_
 def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> list[str]:
   """Returns a list of human-readable problems with `config` ([] when it is valid)."""
   p = []
-  _check_number(p, 'seed', config.seed, integer=True)
+  _check_number(p, 'seed', config.seed, low=0, integer=True)
+  if config.shuffle_seed is not None:
+    _check_number(p, 'shuffle_seed', config.shuffle_seed, low=0, integer=True)
   _check_number(p, 'population.size', config.population.size, low=0, integer=True)
   _check_number(p, 'batch_size', config.batch_size, low=1, integer=True)
   _check_number(p, 'eval_batch_size', config.eval_batch_size, low=1, integer=True)
@@ -74,7 +77,7 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   _check_choice(p, 'data.channels', d.channels, (0, 1, 3))
   _check_choice(p, 'data.resize', d.resize, data.RESIZE_MODES)
   _check_number(p, 'data.validation_fraction', d.validation_fraction, low=0, high=0.99)
-  _check_number(p, 'data.split_seed', d.split_seed, integer=True)
+  _check_number(p, 'data.split_seed', d.split_seed, low=0, integer=True)
   _check_number(p, 'data.max_skip_fraction', d.max_skip_fraction, low=0, high=1)
   _check_number(p, 'data.workers', d.workers, low=0, integer=True)
   _check_choice(p, 'data.stream', d.stream, (True, False))
@@ -88,6 +91,9 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
              'set config.data.stream=True')
   if d.name == 'csv' and not d.csv:
     p.append("config.data.name='csv' reads labels from a CSV: set config.data.csv to its path")
+  if d.class_names and d.name not in CLASS_NAMES_READ_BY:
+    p.append(f'config.data.class_names names the classes of {" and ".join(CLASS_NAMES_READ_BY)} '
+             f'data; {d.name!r} names its own: leave it ()')
   if d.name in ('image_folder', 'csv', 'idx') and not d.path:
     p.append(f"config.data.name={d.name!r} reads files: set config.data.path to their directory")
   opt = config.optimizer
@@ -120,9 +126,16 @@ def _model_problems(model_config) -> list[str]:
     return [f'config.model.name={name!r} is not one of {", ".join(sorted(models.MODELS))}'
             + _suggest(name, models.MODELS)]
   accepted = set(models.model_fields(name)) - set(GLOBAL_MODEL_FIELDS)
-  return [f'config.model.{key} is not a setting of model {name!r}{_suggest(key, accepted)}; '
-          f'it takes: {", ".join(sorted(accepted))}'
-          for key in model_config if key != 'name' and key not in accepted]
+  unknown = [f'config.model.{key} is not a setting of model {name!r}{_suggest(key, accepted)}; '
+             f'it takes: {", ".join(sorted(accepted))}'
+             for key in model_config if key != 'name' and key not in accepted]
+  if unknown:
+    return unknown
+  try:  # The model checks its own settings when built (no parameters are made).
+    models.create_model(name, 2, **{k: v for k, v in model_config.items() if k != 'name'})
+  except UserError as e:
+    return [f'config.model: {e}']
+  return []
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:

@@ -49,7 +49,7 @@ def step_throughput(config, size: int, num_steps: int) -> tuple[float, float]:
   """Returns (population, sequential) model-images/s of the train step alone."""
   info = data.describe_dataset(setup.data_spec(config))
   model = setup.build_model(config, info.num_classes)
-  config.population.size = size
+  config.population.size, config.population.seeds = size, tuple(range(size))
   members = population.member_configs(config)
   values = {k: jnp.asarray(v) for k, v in population.varied_values(config, members).items()}
   pop = population.Population(config, model, num_steps)
@@ -87,6 +87,7 @@ def _end_to_end(config_name: str, size: int) -> tuple[float, float]:
   sequential = time.perf_counter() - start
   config = load_config(config_name)
   config.progress_bar, config.population.size = False, size
+  config.population.seeds, config.shuffle_seed = tuple(range(size)), 0  # As the sequential runs.
   start = time.perf_counter()
   train.train_and_evaluate(config, tempfile.mkdtemp())
   return time.perf_counter() - start, sequential
