@@ -10,6 +10,7 @@ read gets an error line or row, and the other files are still predicted.
 import csv
 import json
 import os
+import sys
 
 from absl import flags
 
@@ -26,6 +27,8 @@ def define_flags() -> None:
   flags.DEFINE_bool('json', False, 'Print one JSON object per image instead of text.')
   flags.DEFINE_string('csv', None, 'Write predictions to this CSV file instead of printing them.')
   flags.DEFINE_bool('all_probabilities', False, 'With --csv: a probability column per class.')
+  flags.DEFINE_bool('invert', False, 'Invert each image (255 − pixel) before predicting: dark '
+                    'ink on white paper for a model trained on light-on-dark digits.')
   flags.mark_flag_as_required('workdir')
 
 
@@ -67,7 +70,23 @@ def format_prediction(p) -> str:
     return f'{p.file}: error: {p.error}'
   (best, prob), others = p.top_k[0], p.top_k[1:]
   return (f'{p.file}: {best} ({prob:.1%})'
-          + ''.join(f'  {name} {q:.1%}' for name, q in others))
+          + ''.join(f'  {name} {q:.1%}' for name, q in others)
+          + ('  [background reversed: unreliable]' if p.reversed_polarity else ''))
+
+
+def _warn_reversed(predictions: list, trained_on: str | None, inverted: bool) -> None:
+  """Says on stderr which images have the opposite background of the training images, and what
+  to do about it."""
+  flagged = [p.file for p in predictions if p.reversed_polarity]
+  if not flagged:
+    return
+  other = {'dark': 'light', 'light': 'dark'}[trained_on]
+  remedy = ('they were inverted by --invert: drop it' if inverted else
+            'if they are dark ink on white paper, pass --invert')
+  print(f'warning: {len(flagged):,} of {len(predictions):,} images have a {other} background, '
+        f'but the model learned from images on a {trained_on} one, so its answers for them are '
+        f'unreliable however confident; {remedy}. For example: {", ".join(flagged[:3])}.',
+        file=sys.stderr)
 
 
 def main(argv: list[str]) -> None:
@@ -81,7 +100,8 @@ def main(argv: list[str]) -> None:
                     'IMAGE_OR_DIR [...]')
   trained = inference.load_trained(args.workdir, args.checkpoint)
   predictions = inference.predict_files(trained, files, args.top_k, args.batch_size,
-                              progress=bool(args.csv))
+                                        progress=bool(args.csv), invert=args.invert)
+  _warn_reversed(predictions, inference.training_background(trained), args.invert)
   if args.csv:
     write_csv(predictions, args.csv, trained.info.class_names, display_names(argv[1:], files),
               args.all_probabilities)
@@ -94,7 +114,8 @@ def main(argv: list[str]) -> None:
       record = {'file': prediction.file, 'error': prediction.error}
       if not prediction.error:
         record.update(prediction=prediction.top_k[0][0], probability=prediction.top_k[0][1],
-                      top_k=[{'class': n, 'probability': q} for n, q in prediction.top_k])
+                      top_k=[{'class': n, 'probability': q} for n, q in prediction.top_k],
+                      reversed_polarity=prediction.reversed_polarity)
       print(json.dumps(record))
     else:
       print(format_prediction(prediction))

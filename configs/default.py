@@ -162,5 +162,6 @@ def get_config():
   # ---- seeing progress ----------------------------------------------------------------------------
   config.log_every_steps = 50  # Train metrics (averaged since the last log) go to the metrics file.
   config.eval_every_steps = 0  # Evaluate on eval_split this often; 0 = once per epoch.
-  config.progress_bar = True  # tqdm bar on a terminal; hidden automatically when not a TTY.
+  # tqdm bar on a terminal; without one (a file, a pipe, CI, SLURM) a plain line per train log.
+  config.progress_bar = True
   return config

@@ -7,13 +7,18 @@ through real processes in test_cli.py); anything else, or a run that starts, fai
 
 import os
 
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
+from PIL import Image
 
 from cnn_jax.errors import UserError
 from cnn_jax.training import train
-from conftest import REPO
+from conftest import REPO, load_config
+
+# ml_collections loads the config file with a deprecated importlib call, once per case.
+pytestmark = pytest.mark.filterwarnings('ignore:the load_module:DeprecationWarning')
 
 # (key, bad values, other overrides that make the key matter). A value is written as on the
 # command line. Every field of configs/default.py has a row (test_every_field_has_a_row).
@@ -108,8 +113,6 @@ def _leaves(config, prefix=''):
 @pytest.fixture(scope='module')
 def csv_dataset(tmp_path_factory):
   """A two-class CSV dataset of PNG files: ('data.name=csv', 'data.path=…', 'data.csv=…')."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('csv')
   rows = ['filename,label']
   for i in range(20):
@@ -121,7 +124,6 @@ def csv_dataset(tmp_path_factory):
 
 
 def test_every_field_has_a_row():
-  from conftest import load_config  # pylint: disable=g-import-not-at-top
   assert sorted(_leaves(load_config('default'))) == sorted(key for key, _, _ in BAD_VALUES)
 
 

@@ -165,6 +165,33 @@ def test_resuming_with_another_model_is_refused_naming_the_keys(tmp_path):
     assert json.load(f)['model']['features'] == [32, 64]  # The refused run changed nothing.
 
 
+def test_resuming_with_another_learning_rate_is_refused_naming_the_key(tmp_path):
+  config, workdir, _ = _short(tmp_path, 'a')
+  config.optimizer.learning_rate *= 3
+  config.eval_every_steps = 11  # Cadence may change on resume; it is not listed.
+  with pytest.raises(UserError) as error:
+    train.train_and_evaluate(config, workdir)
+  message = str(error.value)
+  assert 'optimizer.learning_rate: 0.002 → 0.006' in message and 'eval_every_steps' not in message
+  assert f'--config.init_from={workdir}' in message
+  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
+    assert json.load(f)['optimizer']['learning_rate'] == 0.002
+
+
+def test_a_finished_run_says_it_had_nothing_to_train_and_a_shorter_one_is_refused(tmp_path,
+                                                                                 capsys):
+  config, workdir, first = _short(tmp_path, 'a')
+  capsys.readouterr()
+  again = train.train_and_evaluate(config, workdir)
+  assert again == first
+  assert 'after 66 steps, all trained before: this run had nothing to train.' in (
+      capsys.readouterr().out)
+  config.num_steps = 22
+  with pytest.raises(UserError, match='trained to step 66, past the 22 steps this config asks '
+                                      'for: nothing to train'):
+    train.train_and_evaluate(config, workdir)
+
+
 def test_resuming_with_more_steps_continues(tmp_path):
   config, workdir, _ = _short(tmp_path, 'a')
   config.num_steps = 88

@@ -41,10 +41,16 @@ def test_overrides_and_config_arguments_reach_the_run(tmp_path):
   workdir = tmp_path / 'small'
   result = _main('--config', os.path.join(REPO, 'configs', 'digits.py:small'), '--workdir',
                  str(workdir), '--config.optimizer.learning_rate=3e-3', '--config.num_steps=12',
+                 '--config.log_every_steps=5', '--config.eval_every_steps=6',
                  cwd=str(tmp_path))  # Runs from anywhere, with an absolute config path.
   assert result.returncode == 0, result.stderr
   lines = result.stdout.strip().splitlines()
   assert lines[-1].startswith('Final test accuracy: ') and 'after 12 steps' in lines[-1]
+  # Not a terminal: no bar, but every train log as a plain line among the evaluations.
+  progress = [line.split()[1] + ' ' + line.split()[4] for line in lines
+              if line.startswith('step ')]
+  assert progress == ['5/12 train', '6/12 validation', '10/12 train', '12/12 train',
+                      '12/12 validation'], lines
   assert 'Total params: 53,002' in result.stdout  # The model summary is printed first.
   config = (workdir / 'config.json').read_text()
   assert '"learning_rate": 0.003' in config and '"num_epochs": 2.0' in config

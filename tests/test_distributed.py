@@ -1,8 +1,10 @@
 """Data parallel across devices and processes: the same training as one device, within rounding."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -76,6 +78,30 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(tmp_p
   report = inference.evaluate_workdir(str(tmp_path))  # This test process: one process, one device.
   final = [r for r in read_metrics(str(tmp_path)) if r['split'] == 'eval'][-1]
   assert report['accuracy'] == pytest.approx(final['accuracy'], abs=1e-9)
+
+
+def test_a_signal_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(tmp_path):
+  """Preemption reaches one host first: both agree on the step, save it together and end."""
+  port = portpicker.pick_unused_port()
+  processes = [subprocess.Popen(
+      [sys.executable, '-m', 'cnn_jax.main', '--config', 'configs/digits.py', '--workdir',
+       str(tmp_path), '--config.num_steps=100000', '--config.log_every_steps=5',
+       '--config.eval_every_steps=1000', f'--coordinator_address=127.0.0.1:{port}',
+       '--num_processes=2', f'--process_id={i}'], cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True,
+      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+               for i in range(2)]
+  deadline = time.time() + 120
+  while time.time() < deadline and not any(r['step'] >= 50 for r in read_metrics(str(tmp_path))):
+    time.sleep(0.2)  # Both are training (each step needs both).
+  processes[1].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=120) for p in processes]
+  assert [p.returncode for p in processes] == [128 + signal.SIGTERM] * 2, outputs
+  steps = [int(err.split('SIGTERM at step ')[1].split(':')[0].replace(',', ''))
+           for _, err in outputs]
+  assert steps[0] == steps[1] and steps[0] % 5 == 0  # Agreed at a log step.
+  saved = [int(n) for n in os.listdir(tmp_path / checkpoint.CHECKPOINT_DIR) if n.isdigit()]
+  assert max(saved) == steps[0]
 
 
 def test_two_processes_stream_their_own_shards_and_evaluate_every_example_once(tmp_path):

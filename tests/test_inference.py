@@ -82,6 +82,35 @@ def test_predict_survives_bad_files_and_predicts_the_rest(workdir, image_dir):
     assert len(r.top_k) == 3 and sum(p for _, p in r.top_k) <= 1.0 + 1e-6
 
 
+def test_dark_ink_on_white_is_flagged_and_invert_restores_the_answer(workdir, image_dir,
+                                                                     tmp_path):
+  originals = sorted(str(p) for p in image_dir.glob('*_label*.png'))
+  inverted = []
+  for path in originals:  # The same digits as dark ink on white paper.
+    with Image.open(path) as image:
+      inverted.append(str(tmp_path / os.path.basename(path)))
+      Image.fromarray(255 - np.asarray(image)).save(inverted[-1])
+  trained = inference.load_trained(workdir)
+  plain = inference.predict_files(trained, originals, top_k=10)
+  reversed_ = inference.predict_files(trained, inverted, top_k=10)
+  assert not any(p.reversed_polarity for p in plain)
+  assert all(p.reversed_polarity for p in reversed_)
+  restored = inference.predict_files(trained, inverted, top_k=10, invert=True)
+  assert not any(p.reversed_polarity for p in restored)
+  for a, b in zip(restored, plain):
+    assert [n for n, _ in a.top_k] == [n for n, _ in b.top_k]
+    np.testing.assert_allclose([q for _, q in a.top_k], [q for _, q in b.top_k], atol=1e-6)
+  command = [sys.executable, '-m', 'cnn_jax.predict', '--workdir', workdir, inverted[0]]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          check=False)
+  assert result.returncode == 0 and 'background reversed' in result.stdout
+  assert 'learned from images on a dark one' in result.stderr and 'pass --invert' in result.stderr
+  result = subprocess.run(command + ['--invert'], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode == 0 and 'warning' not in result.stderr
+  assert result.stdout.split(': ')[1][0] == plain[0].top_k[0][0]
+
+
 def test_batched_prediction_equals_one_by_one(workdir, image_dir):
   trained = inference.load_trained(workdir)
   files = sorted(str(p) for p in image_dir.glob('*_label*.png'))

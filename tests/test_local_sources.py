@@ -1,5 +1,6 @@
 """The user's own files: IDX directories and image folders, with every kind of bad file."""
 
+import dataclasses
 import gzip
 import os
 import re
@@ -182,6 +183,49 @@ def test_too_many_bad_files_stop_the_run(folder):
                        cache=False, validation_fraction=0.0)
   with pytest.raises(UserError, match=r'3 of 64 files .*max_skip_fraction=0.01'):
     data.load_split(spec, 'train')
+
+
+def test_the_skip_limit_counts_the_whole_dataset_and_names_each_split(tmp_path):
+  """3 bad files of 95 (3.2%) pass a 5% limit even when one falls in the 19-file validation split
+  (5.3% of it); a 2.5% limit stops the run, counting each split's share."""
+  rng = np.random.default_rng(2)
+  for i in range(95):
+    label = i % 2
+    os.makedirs(tmp_path / ('cat', 'dog')[label], exist_ok=True)
+    _colour_image(rng, label, (20, 20)).save(tmp_path / ('cat', 'dog')[label] / f'{i}.png')
+  index = image_folder.index_folder(str(tmp_path))
+  validation = image_folder.split_files(index, 'validation', 0.2, 0)[0]
+  train_files = image_folder.split_files(index, 'train', 0.2, 0)[0]
+  assert len(validation) == 19
+  for path in (validation[0], train_files[0], train_files[1]):
+    with open(path, 'wb') as f:
+      f.write(b'not an image')
+  spec = data.DataSpec('image_folder', path=str(tmp_path), image_size=12, cache=False,
+                       validation_fraction=0.2)
+  dataset = data.load_dataset(spec, 'train', 'validation')
+  assert (len(dataset.train.skipped), len(dataset.eval.skipped)) == (2, 1)
+  assert (len(dataset.train), len(dataset.eval)) == (74, 18)
+  strict = dataclasses.replace(spec, max_skip_fraction=0.025)
+  with pytest.raises(UserError, match=r'3 of 95 files \(3.2%\) could not be read '
+                                      r'\(train: 2, validation: 1\).*max_skip_fraction=0.025'):
+    data.load_dataset(strict, 'train', 'validation')
+
+
+def test_a_class_too_small_for_the_validation_split_is_named(tmp_path, capsys):
+  rng = np.random.default_rng(3)
+  for label, (name, count) in enumerate((('cat', 40), ('dog', 40), ('fox', 2))):
+    os.makedirs(tmp_path / name)
+    for i in range(count):
+      _colour_image(rng, label % 2, (20, 20)).save(tmp_path / name / f'{i}.png')
+  index = image_folder.index_folder(str(tmp_path))
+  assert image_folder.classes_missing(
+      index, image_folder.split_files(index, 'validation', 0.1, 0)[1]) == ['fox']
+  spec = data.DataSpec('image_folder', path=str(tmp_path), image_size=12, cache=False,
+                       validation_fraction=0.1)
+  data.load_dataset(spec, 'train', 'validation')
+  out = capsys.readouterr().out
+  assert "the validation split (8 images) has no image of 'fox'" in out
+  assert 'raise config.data.validation_fraction' in out
 
 
 def test_validation_split_is_disjoint_complete_and_fixed_by_its_seed(folder):

@@ -107,12 +107,54 @@ def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path):
   assert all(_finals(tmp_path, int(r['trial'])) == (1, False) for r in rows)
 
 
+def _workers_of(workdir) -> list[int]:
+  """The pids of this machine's sweep workers on `workdir` (from /proc)."""
+  pids = []
+  for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{pid}/cmdline', 'rb') as f:
+        args = f.read().decode().split('\0')
+    except OSError:
+      continue  # Ended meanwhile.
+    if '--worker' in args and str(workdir) in args:
+      pids.append(int(pid))
+  return pids
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='finds the workers through /proc')
+def test_workers_end_with_their_sweep_even_when_it_is_killed(tmp_path):
+  sweep = subprocess.Popen(_sweep_command(tmp_path, *GRID, '--workers=2', steps=20_000), cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while time.time() < deadline and len(
+      [t for t in ('0000', '0001') if (tmp_path / 'trials' / t / 'metrics.jsonl').exists()]) < 2:
+    time.sleep(0.5)  # Both workers are training.
+  workers = _workers_of(tmp_path)
+  assert len(workers) == 2
+  sweep.send_signal(signal.SIGKILL)
+  sweep.wait()
+  deadline = time.time() + 60
+  while time.time() < deadline and _workers_of(tmp_path):
+    time.sleep(0.5)
+  assert not _workers_of(tmp_path), 'workers outlived their sweep'
+
+
 def test_an_unpromising_trial_is_pruned_early(tmp_path):
   _sweep(tmp_path, '--sweep', 'optimizer.learning_rate=[0.01,1e-7]', '--pruner=median',
          '--pruner_startup_trials=1', steps=110)
   rows = {r['optimizer.learning_rate']: r for r in _table(tmp_path)}
   assert rows['0.01']['status'] == 'complete'
   assert rows['1e-07']['status'].startswith('pruned') and int(rows['1e-07']['steps']) < 110
+
+
+def test_an_invalid_grid_point_fails_with_its_reason_and_the_others_run(tmp_path):
+  for attempt in range(2):  # A re-run goes on as well, instead of failing as a whole.
+    out = _sweep(tmp_path, '--sweep', 'model.features=[(0,16),(8,16)]', steps=22)
+    assert '1 of 2 grid points give an invalid config' in out
+    rows = sorted(_table(tmp_path), key=lambda r: r['trial'])
+    assert [r['status'].split(':')[0] for r in rows] == ['fail', 'complete'], rows
+    assert 'features=(0, 16) has 0; every entry must be a positive integer' in rows[0]['status']
+    assert float(rows[1]['best_eval_accuracy']) > 0.1
 
 
 def test_sweep_specs_parse_and_are_checked_against_the_config():

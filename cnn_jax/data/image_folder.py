@@ -119,6 +119,12 @@ def decode_files(files: list[str], size: int, channels: int, resize: str, worker
   return [array for array, _ in results], skipped
 
 
+def classes_missing(index: FolderIndex, labels: list[int]) -> list[str]:
+  """The classes of `index` that no label of `labels` (a split's) names."""
+  present = set(labels)
+  return [name for k, name in enumerate(index.class_names) if k not in present]
+
+
 def split_files(index: FolderIndex, split: str, validation_fraction: float,
                 split_seed: int) -> tuple[list[str], list[int]]:
   """Returns the (files, labels) of `split`."""
@@ -127,20 +133,45 @@ def split_files(index: FolderIndex, split: str, validation_fraction: float,
 
 
 def decode_split(files: list[str], labels: list[int], size: int, channels: int, resize: str,
-                 workers: int, max_skip_fraction: float) -> Split:
+                 workers: int) -> Split:
   """Decodes `files` into a Split whose `skipped` lists the unreadable ones.
 
+  How many unreadable files are too many is decided over the whole dataset (`check_skipped`).
+
   Raises:
-    UserError: more than `max_skip_fraction` of the files are unreadable (the message lists some),
-      which usually means a wrong directory or a damaged download rather than a few bad photos.
+    UserError: no file could be read (a wrong directory or a damaged download, more likely than
+      bad photos; the message lists some).
   """
   arrays, skipped = decode_files(files, size, channels, resize, workers)
-  if len(skipped) > max_skip_fraction * len(files):
-    examples = '; '.join(f'{f}: {reason}' for f, reason in skipped[:5])
-    raise UserError(
-        f'{len(skipped):,} of {len(files):,} files ({len(skipped) / len(files):.1%}) could not be '
-        f'read, more than config.data.max_skip_fraction={max_skip_fraction}. For example: '
-        f'{examples}. Remove or repair them, or raise the threshold.')
   keep = [i for i, array in enumerate(arrays) if array is not None]
+  if not keep:
+    raise UserError(f'none of the {len(files):,} files could be read. For example: '
+                    + _examples(skipped))
   return Split(np.stack([arrays[i] for i in keep]),
                np.asarray([labels[i] for i in keep], np.int32), tuple(skipped))
+
+
+def _examples(skipped) -> str:
+  return '; '.join(f'{f}: {reason}' for f, reason in skipped[:5]) + '.'
+
+
+def check_skipped(skipped_by_split: dict[str, tuple], total_files: int,
+                  max_skip_fraction: float) -> None:
+  """Stops the run if more than `max_skip_fraction` of the dataset's `total_files` were
+  unreadable, counting every split loaded so far ({split: its skipped (file, reason) pairs}).
+
+  One limit for the whole dataset: a few bad files that happen to fall in a small validation
+  split are still a few bad files.
+
+  Raises:
+    UserError: too many; the message gives the count of each split and some files with reasons.
+  """
+  bad = sum(len(s) for s in skipped_by_split.values())
+  if bad <= max_skip_fraction * total_files:
+    return
+  where = ', '.join(f'{split}: {len(s):,}' for split, s in skipped_by_split.items() if s)
+  raise UserError(
+      f'{bad:,} of {total_files:,} files ({bad / total_files:.1%}) could not be read ({where}), '
+      f'more than config.data.max_skip_fraction={max_skip_fraction}. For example: '
+      + _examples([pair for s in skipped_by_split.values() for pair in s])
+      + ' Remove or repair them, or raise the threshold.')

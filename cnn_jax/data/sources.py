@@ -162,6 +162,10 @@ class ImageFolder(Source):
   def _read_index(self) -> tuple[image_folder.FolderIndex, list[tuple[str, str]]]:
     return image_folder.index_folder(_directory(self.spec)), []
 
+  def __init__(self, spec: DataSpec):
+    super().__init__(spec)
+    self._skipped: dict[str, tuple] = {}  # Unreadable files of each split loaded, for the limit.
+
   @functools.cached_property
   def index(self) -> tuple[image_folder.FolderIndex, list[tuple[str, str]]]:
     """(every file with its label, the CSV rows left out as (where, why)), read once."""
@@ -189,7 +193,15 @@ class ImageFolder(Source):
           + '; '.join(f'{where}: {why}' for where, why in row_problems[:5]))
     files, labels = image_folder.split_files(index, split, self.spec.validation_fraction,
                                              self.spec.split_seed)
+    if split == 'validation' and (unseen := image_folder.classes_missing(index, labels)):
+      print(f'Note: the validation split ({len(files):,} images) has no image of '
+            f'{", ".join(map(repr, unseen))}: too few to hold out '
+            f'{self.spec.validation_fraction:.0%} of, so validation does not measure '
+            f'{"it" if len(unseen) == 1 else "them"}. Add images, or raise '
+            'config.data.validation_fraction.', flush=True)
     loaded = self._decode(split, files, labels)
+    self._skipped[split] = loaded.skipped
+    image_folder.check_skipped(self._skipped, len(index.files), self.spec.max_skip_fraction)
     if split == 'train' and row_problems:  # Reported once, with the training split's skips.
       loaded = dataclasses.replace(loaded, skipped=tuple(row_problems) + loaded.skipped)
     return loaded
@@ -198,8 +210,7 @@ class ImageFolder(Source):
     """Decodes the files, or reads them from the decoded cache in spec.path (with spec.cache)."""
     spec, channels = self.spec, self.spec.channels or 3
     decode = lambda: image_folder.decode_split(files, labels, spec.image_size, channels,
-                                               spec.resize, spec.workers or os.cpu_count(),
-                                               spec.max_skip_fraction)
+                                               spec.resize, spec.workers or os.cpu_count())
     if not spec.cache:
       return decode()
     directory = os.path.join(spec.path, FOLDER_CACHE)

@@ -10,6 +10,7 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from cnn_jax.errors import UserError
 
@@ -53,6 +54,15 @@ def log(*args, **kwargs) -> None:
   """print(), in process 0 only: a multi-host run speaks once."""
   if is_main_process():
     print(*args, **{'flush': True, **kwargs})
+
+
+def any_process(flags: list[bool]) -> list[bool]:
+  """Each of `flags`, true if it is true in any process (a collective: every process must call it
+  at the same point). With one process, `flags` as they are, at no cost."""
+  if jax.process_count() == 1:
+    return list(flags)
+  gathered = multihost_utils.process_allgather(np.asarray(flags, np.int32))  # [P, len(flags)]
+  return [bool(x) for x in np.asarray(gathered).reshape(-1, len(flags)).any(axis=0)]
 
 
 def to_global(batch: dict[str, np.ndarray], sharding) -> dict:

@@ -4,7 +4,10 @@ The loop checks `requested` after every step, saves a checkpoint and exits clean
 loses nothing; re-running the same command resumes it.
 """
 
+import os
 import signal
+import threading
+import time
 
 
 class StopRequest:
@@ -48,3 +51,20 @@ class TrainingInterrupted(Exception):
                      'Re-run the same command to continue.')
     self.signum = signum
     self.step = step
+
+
+def stop_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
+  """Sends this process SIGTERM once `parent_pid` is no longer its parent (the parent died, even
+  by SIGKILL, and the process was re-parented): a worker then saves its trial's checkpoint and
+  ends instead of running on as an orphan that a re-run of the parent would race.
+
+  Polls from a daemon thread, so it works wherever Python does (Linux's PR_SET_PDEATHSIG would
+  not on macOS).
+  """
+
+  def watch():
+    while os.getppid() == parent_pid:
+      time.sleep(poll_seconds)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  threading.Thread(target=watch, name='stop_with_parent', daemon=True).start()

@@ -23,6 +23,11 @@ from cnn_jax.training import inference, population, train
 from cnn_jax.training.validation import config_problems
 
 
+# Set in the environment of the worker processes a sweep starts: the sweep's pid, so that they
+# end with it.
+PARENT_ENV = 'CNN_JAX_SWEEP_PARENT'
+
+
 @dataclasses.dataclass(frozen=True)
 class Sweep:
   """The sweep command's settings (its flags; see cnn_jax/sweep.py for each)."""
@@ -132,9 +137,9 @@ def run_worker(study, base_config, params, sweep_dir: str, sampler: str, num_tri
       accuracies = run_population(trials, base_config, params, sweep_dir, test_split)
     except UserError as e:
       for trial in trials:
-        trial.set_user_attr('status', str(e).splitlines()[0])
+        trial.set_user_attr('status', _reason(e))
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-      print(f'trials {[t.number for t in trials]}: failed: {str(e).splitlines()[0]}', flush=True)
+      print(f'trials {[t.number for t in trials]}: failed: {_reason(e)}', flush=True)
       continue
     for trial, value in zip(trials, accuracies):
       study.tell(trial, value)
@@ -149,9 +154,9 @@ def run_worker(study, base_config, params, sweep_dir: str, sampler: str, num_tri
       print(f'trial {trial.number}: {pruned}', flush=True)
       continue
     except UserError as e:  # This combination cannot train (e.g. a kernel too large).
-      trial.set_user_attr('status', str(e).splitlines()[0])
+      trial.set_user_attr('status', _reason(e))
       study.tell(trial, state=optuna.trial.TrialState.FAIL)
-      print(f'trial {trial.number}: failed: {str(e).splitlines()[0]}', flush=True)
+      print(f'trial {trial.number}: failed: {_reason(e)}', flush=True)
       continue
     except signals.TrainingInterrupted:
       raise  # Left RUNNING: the next run of the sweep resumes it from its checkpoint.
@@ -176,18 +181,35 @@ def swept_params(sweep_flags: list[str], config_path: str):
 
 
 def check_combinations(config, params, sampler: str) -> None:
-  """Validates the config of every grid point (else every value and range end) before any trial."""
+  """Checks the config of every grid point (else every value and range end) before any trial.
+
+  In a grid, a point whose config is invalid is named here and fails as a trial of its own, with
+  its reason, while the other points run; a sweep of nothing but invalid points, or a value or
+  range end the samplers would draw from, is refused.
+
+  Raises:
+    UserError: as above.
+  """
   space.check(config, params)
   if sampler == 'grid':
     points = [space.values_of(params, point) for point in space.grid(params)]
   else:  # Ranges cannot be enumerated: try every listed value and both ends of every range.
     points = [{p.key: value} for p in params
               for value in (p.values if p.kind == 'choice' else (p.low, p.high))]
-  for point in points:
-    problems = config_problems(space.apply(config, point))
-    if problems:
-      raise UserError(f'the sweep point {point} gives an invalid config:\n  - '
-                      + '\n  - '.join(problems))
+  invalid = [(point, problems) for point in points
+             if (problems := config_problems(space.apply(config, point)))]
+  described = '\n'.join(f'  {point}: ' + '; '.join(problems) for point, problems in invalid)
+  if invalid and (sampler != 'grid' or len(invalid) == len(points)):
+    raise UserError(f'{"every" if len(invalid) == len(points) else "a"} sweep point gives an '
+                    f'invalid config:\n{described}')
+  if invalid:
+    print(f'{len(invalid)} of {len(points)} grid points give an invalid config; they will be '
+          f'recorded as failed trials:\n{described}', flush=True)
+
+
+def _reason(error: UserError) -> str:
+  """A failed trial's reason on one line (the leaderboard's status)."""
+  return ' '.join(line.strip(' -') for line in str(error).splitlines() if line.strip())
 
 
 def check_population(params, pruner: str) -> None:
@@ -247,6 +269,8 @@ def run(config, sweep: Sweep, argv: list[str]) -> None:
   same_sweep(sweep.workdir, {'config': json.loads(config.to_json_best_effort()),
                              'sweep': [repr(p) for p in params], 'sampler': sweep.sampler,
                              'trials': sweep.trials if sweep.sampler != 'grid' else None})
+  if sweep.worker and os.environ.get(PARENT_ENV):  # Started by a sweep on this machine.
+    signals.stop_with_parent(int(os.environ[PARENT_ENV]))
   study = studies.open_study(sweep.workdir, sweep.storage, sweep.sampler, sweep.pruner,
                              sweep.pruner_startup_trials, config.seed)
   if not sweep.worker:
@@ -254,8 +278,9 @@ def run(config, sweep: Sweep, argv: list[str]) -> None:
     if not sweep.storage and (retried := studies.recover_interrupted(study)):
       print(f'Resuming {retried} interrupted trial(s) from their checkpoints.', flush=True)
     if sweep.workers > 1:
+      env = dict(os.environ, **{PARENT_ENV: str(os.getpid())})
       workers = [subprocess.Popen([sys.executable, '-m', 'cnn_jax.sweep', *argv[1:],
-                                   '--worker']) for _ in range(sweep.workers)]
+                                   '--worker'], env=env) for _ in range(sweep.workers)]
       if any(worker.wait() for worker in workers):
         raise UserError('a worker failed; its messages are above. Re-run to continue the sweep.')
       write_results(study, config, params, sweep.workdir)

@@ -9,6 +9,7 @@ signalled checkpoints, resume, the progress bar) is written once, here, for both
 import dataclasses
 import itertools
 import os
+import signal
 import time
 from typing import Any, Callable, Iterable, Iterator
 
@@ -25,7 +26,7 @@ from cnn_jax.runtime import distributed, signals
 from cnn_jax.runtime.writers import MetricWriter
 from cnn_jax.training import checkpoint, steps
 from cnn_jax.training.setup import Plan
-from cnn_jax.training.workdir import config_differences, load_run_config
+from cnn_jax.training.workdir import config_differences, load_run_config, resumable
 
 _SUMS = ('loss', 'accuracy', 'count')  # The running train metrics, summed between logs.
 
@@ -207,18 +208,27 @@ def restore(trainee: Trainee, managers: list, state) -> tuple[Any, list[dict]]:
 def _restore_member(manager, step: int, template, workdir: str, config):
   """Restores checkpoint `step` onto `template`'s structure, or refuses with the config diff."""
   saved = load_run_config(workdir)
-  changes = config_differences(saved, config) if saved is not None else []
+  changes = config_differences(saved, config) if saved is not None else {}
   try:
     state, progress = checkpoint.restore(manager, step, template)
   except checkpoint.IncompatibleCheckpoint as e:
     raise UserError(
         f'{workdir} holds a checkpoint (step {step:,}) of a different model, optimizer or dataset, '
         'so this config cannot resume it. Changed settings:\n  '
-        + '\n  '.join(changes or ['(none recorded)'])
+        + '\n  '.join(changes.values() or ['(none recorded)'])
         + f'\nThe saved state differs: {e}.\nUse a new --workdir, or keep these settings.'
     ) from None
+  fixed = [line for key, line in changes.items() if not resumable(key)]
+  if fixed:
+    raise UserError(
+        f'{workdir} was trained to step {step:,} with other settings, which a resumed run cannot '
+        'change (its config.json would no longer say how the model was trained):\n  '
+        + '\n  '.join(fixed) + f'\nKeep them to resume, or start a new --workdir (add '
+        f'--config.init_from={workdir} to begin from its weights). A run may change on resume '
+        'only its length, its logging, evaluation and checkpoint cadence, and where and how it '
+        'reads the data.')
   distributed.log(f'Resuming from the checkpoint at step {step:,}'
-      + (' with changed settings: ' + '; '.join(changes) if changes else '') + '.')
+      + (' with changed settings: ' + '; '.join(changes.values()) if changes else '') + '.')
   return state, progress
 
 
@@ -237,7 +247,9 @@ def _accumulate(sums: np.ndarray, pending: list) -> None:
   pending.clear()
 
 
-def _eval_line(done: int, plan: Plan, split: str, finals: list[dict], seconds: float) -> str:
+def _metrics_line(done: int, plan: Plan, split: str, finals: list[dict], seconds: float) -> str:
+  """One line of a split's metrics at step `done`: one model's loss and accuracy, or how the
+  members' accuracies spread."""
   if len(finals) == 1:
     return (f'step {done:>6,}/{plan.num_steps:,}  epoch {done / plan.steps_per_epoch:6.2f}  '
             f'{split} loss {finals[0]["loss"]:.4f}  accuracy {finals[0]["accuracy"]:.2%}  '
@@ -272,8 +284,15 @@ def fit(trainee: Trainee, state, runner, evaluate_all: Callable[[Any], list[dict
   sums = np.asarray([[p.get('train_sums', {}).get(k, 0.0) for k in _SUMS] for p in progress],
                     np.float64)  # [N, 3]
   pending, finals, last_save = [], [{}] * size, time.time()
+  # Processes of a multi-host run each see their own signals and clocks, while a save and every
+  # step are collective: they agree at each log whether to stop or save (one tiny all-gather).
+  agree = jax.process_count() > 1
+  stopping = False
   bar = tqdm(initial=start_step, total=plan.num_steps, unit='step', dynamic_ncols=True,
              disable=None if progress_bar and main else True)
+  # Without a terminal (a file, a pipe, CI, SLURM) tqdm hides the bar: print each train log as a
+  # plain line instead, so the loss reaches the log.
+  plain = progress_bar and main and bar.disable
   with signals.StopRequest() as stop:
     while done < plan.num_steps:
       count = min(plan.steps_per_dispatch, plan.next_stop(done) - done)
@@ -289,6 +308,9 @@ def fit(trainee: Trainee, state, runner, evaluate_all: Callable[[Any], list[dict
                                        'accuracy': member_sums[1] / member_sums[2],
                                        'learning_rate': float(schedule(done - 1))})
         bar.set_postfix(loss=f'{sums[0, 0] / sums[0, 2]:.4f}', acc=f'{sums[0, 1] / sums[0, 2]:.3f}')
+        if plain:
+          train = [{'loss': m[0] / m[2], 'accuracy': m[1] / m[2]} for m in sums]
+          print(_metrics_line(done, plan, 'train', train, time.time() - started), flush=True)
         sums[:] = 0
       if due['eval']:
         finals = evaluate_all(state)
@@ -297,9 +319,14 @@ def fit(trainee: Trainee, state, runner, evaluate_all: Callable[[Any], list[dict
         if on_eval is not None:
           on_eval(done, finals)
         if main:
-          bar.write(_eval_line(done, plan, eval_split, finals, time.time() - started))
-      timed = plan.save_every_minutes and time.time() - last_save > 60 * plan.save_every_minutes
-      if due['save'] or stop.requested or timed:
+          bar.write(_metrics_line(done, plan, eval_split, finals, time.time() - started))
+      timed = bool(plan.save_every_minutes
+                   and time.time() - last_save > 60 * plan.save_every_minutes)
+      stopping = stop.requested
+      if agree:
+        stopping, timed = distributed.any_process([stopping, timed]) if due['log'] else (False,
+                                                                                         False)
+      if due['save'] or stopping or timed:
         _accumulate(sums, pending)  # The running sums travel in the checkpoints.
         for manager, writer, member, member_sums, metrics in zip(
             managers, writers, trainee.split(state), sums, finals):
@@ -307,15 +334,16 @@ def fit(trainee: Trainee, state, runner, evaluate_all: Callable[[Any], list[dict
                                             'elapsed': writer.elapsed()},
                           metrics if due['eval'] else None)
         last_save = time.time()
-      if stop.requested:
+      if stopping:
         break
   bar.close()
   for manager in managers:
     manager.wait_until_finished()  # The last save is asynchronous: complete it first.
-  if stop.requested:
+  if stopping:
     for writer in writers:
       writer.close()
-    raise signals.TrainingInterrupted(stop.signum, done)
+    # A process that was not signalled itself stops as its signalled peers do.
+    raise signals.TrainingInterrupted(stop.signum or signal.SIGTERM, done)
   finals = finals if finals[0] else evaluate_all(state)  # A finished run re-run: its result.
   tests = None
   if evaluate_test is not None:

@@ -86,14 +86,16 @@ def _score(metrics: dict[str, float]) -> str:
 
 
 def _result(finals: list[dict], tests: list[dict] | None, trainee: loop.Trainee, config,
-            plan: setup.Plan, workdir: str, seconds: float) -> dict:
+            plan: setup.Plan, workdir: str, seconds: float, trained_now: int) -> dict:
   """Reports the result: the test split's score of the checkpoint chosen on the eval split (else
-  the last evaluation); a population also ranks its members in population.json."""
+  the last evaluation); a population also ranks its members in population.json. `trained_now`
+  steps ran in this call (0: a finished run re-run)."""
   best = int(np.argmax([f['accuracy'] for f in finals]))
   d = config.data
   tested = (f'{_score(tests[best])} of the checkpoint at step '
             f'{tests[best]["checkpoint_step"]:,}, chosen on {d.eval_split}') if tests else ''
-  took = f'{plan.num_steps:,} steps in {seconds:.1f} s.'
+  took = (f'{plan.num_steps:,} steps in {seconds:.1f} s.' if trained_now else
+          f'{plan.num_steps:,} steps, all trained before: this run had nothing to train.')
   if trainee.stacked:
     os.makedirs(workdir, exist_ok=True)
     population.summarise(workdir, trainee.workdirs, trainee.configs, config, finals, tests)
@@ -166,6 +168,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   runner = None
   try:  # `finally` closes the managers and the runner (a stream's workers), however the run ends.
     state, progress = loop.restore(trainee, managers, state)
+    start_step = loop.step_of(trainee, state)
+    if start_step > plan.num_steps:
+      raise UserError(
+          f'{workdir} holds a run trained to step {start_step:,}, past the {plan.num_steps:,} '
+          'steps this config asks for: nothing to train. Ask for more (config.num_epochs or '
+          'config.num_steps) to train further, or see its result with python -m '
+          f'cnn_jax.evaluate --workdir {workdir}.')
     if not progress[0] and config.init_from:
       state = trainee.join([checkpoint.warm_start(s, config.init_from, config.init_layers)
                             for s in trainee.split(state)])
@@ -173,7 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       for member_workdir, member_config in zip(trainee.workdirs, trainee.configs):
         save_run_record(member_workdir, member_config)
         save_dataset_record(member_workdir, dataset.info, dataset.normalizer)
-    runner = _runner(trainee, config, dataset, plan, loop.step_of(trainee, state), mesh)
+    runner = _runner(trainee, config, dataset, plan, start_step, mesh)
     eval_step = jax.jit(trainee.eval_step)
     batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
     evaluate_all = lambda s: loop.evaluate(eval_step, s, loop.device_eval_batches(
@@ -190,4 +199,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       runner.close()
     for manager in managers:
       manager.close()
-  return _result(finals, tests, trainee, config, plan, workdir, time.time() - started)
+  return _result(finals, tests, trainee, config, plan, workdir, time.time() - started,
+                 trained_now=plan.num_steps - start_step)

@@ -127,10 +127,29 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
 
 
 def config_differences(old: ml_collections.ConfigDict,
-                       new: ml_collections.ConfigDict) -> list[str]:
-  """Returns 'key: old → new' for every leaf that differs (JSON round-trip makes lists tuples)."""
+                       new: ml_collections.ConfigDict) -> dict[str, str]:
+  """Returns {dotted key: 'key: old → new'} for every leaf that differs (JSON round-trip makes
+  lists tuples), in key order."""
   old_flat = _flatten(json.loads(old.to_json_best_effort()))
   new_flat = _flatten(json.loads(new.to_json_best_effort()))
-  return [f'{key}: {old_flat.get(key, "(absent)")!r} → {new_flat.get(key, "(absent)")!r}'
+  return {key: f'{key}: {old_flat.get(key, "(absent)")!r} → {new_flat.get(key, "(absent)")!r}'
           for key in sorted(set(old_flat) | set(new_flat))
-          if old_flat.get(key) != new_flat.get(key)]
+          if old_flat.get(key) != new_flat.get(key)}
+
+
+# What may change when a run resumes: how long it trains, how it logs, evaluates and saves, and
+# where and how the data is read. Anything else (model, optimizer, learning rate, augmentation,
+# batch size, seeds, data splits) changes the numbers, and the run's config.json could then no
+# longer say how its model was trained.
+RESUMABLE_CHANGES = (
+    'num_epochs', 'num_steps', 'log_every_steps', 'eval_every_steps', 'progress_bar',
+    'checkpoint.', 'init_from', 'init_layers', 'eval_batch_size', 'steps_per_dispatch',
+    'cpu_kernels', 'data.test_split', 'data.tfds_data_dir', 'data.download', 'data.path',
+    'data.csv', 'data.cache', 'data.stream', 'data.on_device', 'data.workers',
+    'data.worker_processes', 'data.prefetch',
+)
+
+
+def resumable(key: str) -> bool:
+  """Whether a change of config `key` (dotted) may resume a run (see RESUMABLE_CHANGES)."""
+  return any(key == k or (k.endswith('.') and key.startswith(k)) for k in RESUMABLE_CHANGES)
