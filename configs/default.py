@@ -132,6 +132,9 @@ def get_config():
   # ConvNet training computes conv → max pool → bias → activation: the same numbers as the
   # textbook conv → bias → activation → max pool for monotone activations, with less work.
   config.pool_first = True
+  # Compiled programs kept between runs (cnn_jax/runtime/compilation_cache.py): 'auto' =
+  # $XDG_CACHE_HOME/cnn_jax/jax or ~/.cache/cnn_jax/jax; a directory; '' = compile every time.
+  config.compilation_cache = 'auto'
 
   # ---- population: several models trained at once in one program (training/population.py) ------
   # Members share every batch and differ in the values listed below; each list has one value per

@@ -82,6 +82,7 @@ BAD_VALUES = [
     ('dtype', ['float16'], []),
     ('cpu_kernels', ['mkl'], []),
     ('pool_first', ['maybe'], []),
+    ('compilation_cache', ['/etc/hostname'], []),
     ('population.size', ['-1'], []),
     ('population.seeds', ['(1,2)'], ['population.size=3']),
     ('population.learning_rates', ['(0.1,-1)', '(0.1,0.2,0.3)'], ['population.size=2']),

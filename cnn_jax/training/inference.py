@@ -19,6 +19,7 @@ from tqdm import tqdm
 from cnn_jax import data
 from cnn_jax.data import image_folder, images
 from cnn_jax.errors import UserError
+from cnn_jax.runtime import compilation_cache
 from cnn_jax.training import checkpoint, setup, steps
 from cnn_jax.training.workdir import load_dataset_record, load_run_config
 
@@ -47,6 +48,7 @@ def load_trained(workdir: str, which: str = 'latest') -> TrainedModel:
   info, normalizer = load_dataset_record(workdir)
   if config is None:
     raise UserError(f'{workdir!r} has no config.json; is it the --workdir of a training run?')
+  compilation_cache.enable(config.get('compilation_cache', compilation_cache.AUTO))
   model = setup.build_model(config, info.num_classes)
   # The optimizer only shapes the restore template (its state is restored and then dropped).
   tx, _ = setup.build_optimizer(config, num_steps=1)

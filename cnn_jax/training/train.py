@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from cnn_jax import data, models
 from cnn_jax.errors import UserError
 from cnn_jax.models import summary
-from cnn_jax.runtime import distributed
+from cnn_jax.runtime import compilation_cache, distributed
 from cnn_jax.training import checkpoint, cpu_kernels, loop, population, setup, steps
 from cnn_jax.training.augment import Augmentation
 from cnn_jax.training.validation import validate_config
@@ -86,15 +86,16 @@ def _score(metrics: dict[str, float]) -> str:
 
 
 def _result(finals: list[dict], tests: list[dict] | None, trainee: loop.Trainee, config,
-            plan: setup.Plan, workdir: str, seconds: float, trained_now: int) -> dict:
+            plan: setup.Plan, workdir: str, seconds: float, trained_now: int,
+            compiling: str) -> dict:
   """Reports the result: the test split's score of the checkpoint chosen on the eval split (else
   the last evaluation); a population also ranks its members in population.json. `trained_now`
-  steps ran in this call (0: a finished run re-run)."""
+  steps ran in this call (0: a finished run re-run); `compiling` says what compiling cost."""
   best = int(np.argmax([f['accuracy'] for f in finals]))
   d = config.data
   tested = (f'{_score(tests[best])} of the checkpoint at step '
             f'{tests[best]["checkpoint_step"]:,}, chosen on {d.eval_split}') if tests else ''
-  took = (f'{plan.num_steps:,} steps in {seconds:.1f} s.' if trained_now else
+  took = (f'{plan.num_steps:,} steps in {seconds:.1f} s ({compiling}).' if trained_now else
           f'{plan.num_steps:,} steps, all trained before: this run had nothing to train.')
   if trainee.stacked:
     os.makedirs(workdir, exist_ok=True)
@@ -132,6 +133,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # ---- check everything before any work ----------------------------------------------------------
   mesh = Mesh(np.asarray(jax.devices()), ('data',))  # One data axis; one device is a mesh of one.
   validate_config(config, num_devices=mesh.size)
+  compilation_cache.enable(config.compilation_cache)
+  compiling = compilation_cache.CompileClock()
   for path in [workdir, *(member_workdirs or [])]:
     check_workdir(path)
   if config.init_from:
@@ -200,4 +203,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     for manager in managers:
       manager.close()
   return _result(finals, tests, trainee, config, plan, workdir, time.time() - started,
-                 trained_now=plan.num_steps - start_step)
+                 trained_now=plan.num_steps - start_step, compiling=compiling.summary())

@@ -116,6 +116,9 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   _check_number(p, 'checkpoint.keep_best', ckpt.keep_best, low=0, integer=True)
   _check_choice(p, 'checkpoint.best_metric', ckpt.best_metric, tuple(BEST_METRICS))
   _check_choice(p, 'init_layers', config.init_layers, INIT_LAYERS)
+  if not isinstance(config.compilation_cache, str):
+    p.append(f"config.compilation_cache={config.compilation_cache!r} must be a directory, 'auto' "
+             "or '' (no cache)")
   p.extend(_model_problems(config.model))
   return p
 

@@ -144,7 +144,7 @@ def config_differences(old: ml_collections.ConfigDict,
 RESUMABLE_CHANGES = (
     'num_epochs', 'num_steps', 'log_every_steps', 'eval_every_steps', 'progress_bar',
     'checkpoint.', 'init_from', 'init_layers', 'eval_batch_size', 'steps_per_dispatch',
-    'cpu_kernels', 'data.test_split', 'data.tfds_data_dir', 'data.download', 'data.path',
+    'cpu_kernels', 'compilation_cache', 'data.test_split', 'data.tfds_data_dir', 'data.download', 'data.path',
     'data.csv', 'data.cache', 'data.stream', 'data.on_device', 'data.workers',
     'data.worker_processes', 'data.prefetch',
 )
