@@ -80,6 +80,31 @@ def _to_array(image: Image.Image, channels: int) -> np.ndarray:
   return array[..., None] if channels == 1 else array
 
 
+def from_memory(image, channels: int) -> np.ndarray:
+  """An image in memory as uint8 [H, W, channels]: a PIL image of any mode, or an array [H, W] or
+  [H, W, 1|3|4] of 8-bit pixel values (any integer dtype, 0–255) or floats (in [0, 1] if they fit,
+  else taken as 0–255).
+
+  Raises:
+    UnreadableImage: an array of another shape, or integers outside 0–255.
+  """
+  if isinstance(image, Image.Image):
+    return _to_array(_to_8_bit(image).convert('L' if channels == 1 else 'RGB'), channels)
+  array = np.asarray(image)
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+    raise UnreadableImage(f'an array of shape {array.shape}: give [H, W] or [H, W, C] with C = 1, '
+                          '3 or 4')
+  if np.issubdtype(array.dtype, np.floating):
+    full_scale = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
+    array = np.clip(np.round(array * (255.0 / full_scale)), 0, 255)
+  elif array.size and (array.min() < 0 or array.max() > 255):
+    raise UnreadableImage(f'integer pixels from {array.min()} to {array.max()}: give 8-bit values '
+                          '(0–255), or floats in [0, 1]')
+  return from_memory(Image.fromarray(array.astype(np.uint8)), channels)
+
+
 def read_image(path: str, channels: int) -> np.ndarray:
   """Decodes an image file to uint8 [H, W, channels]: 1 = grey, 3 = RGB.
 

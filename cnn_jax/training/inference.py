@@ -190,17 +190,27 @@ def image_background(image: np.ndarray) -> str:
 
 @dataclasses.dataclass
 class Prediction:
-  """The result for one file: top-k (class, probability) pairs, or the reason it failed.
+  """The result for one image: top-k (class, probability) pairs, or the reason it failed.
 
   `reversed_polarity` marks an image whose background is the opposite of the training images'
   (dark ink on white paper for a model of white-on-black digits): the model has never seen such
   an image, and its answer, however confident, is unreliable.
   """
-  file: str
+  file: str  # The path, or 'image N' for an image given in memory.
   top_k: list[tuple[str, float]] = dataclasses.field(default_factory=list)
   probabilities: np.ndarray | None = None  # [K], in class order.
   error: str | None = None
   reversed_polarity: bool = False
+
+  @property
+  def label(self) -> str | None:
+    """The predicted class (None for an image that could not be read)."""
+    return self.top_k[0][0] if self.top_k else None
+
+  @property
+  def probability(self) -> float | None:
+    """The predicted class's probability."""
+    return self.top_k[0][1] if self.top_k else None
 
 
 def predict_files(trained: TrainedModel, files: list[str], top_k: int = 3, batch_size: int = 64,
@@ -211,6 +221,46 @@ def predict_files(trained: TrainedModel, files: list[str], top_k: int = 3, batch
   on a terminal."""
   arrays, errors = decode_files(trained, files, progress)
   results = [Prediction(path, error=errors.get(path)) for path in files]
+  return _predict(trained, results, arrays, top_k, batch_size, progress, invert)
+
+
+def prepare_image(trained: TrainedModel, image) -> np.ndarray:
+  """An image in memory (a PIL image, or an array of 8-bit or [0, 1] pixels, see
+  `images.from_memory`) as `trained` takes it: uint8 [H, W, C], converted and resized as its
+  image files are.
+
+  Raises:
+    images.UnreadableImage: an array of a shape or range that is not an image.
+  """
+  height, width, channels = trained.info.image_shape
+  array = images.from_memory(image, channels)
+  if trained.config.data.get('resize', 'squash') == 'crop' and height == width:
+    array = images.crop_center_square(array)
+  return images.resize_image(array, (height, width))
+
+
+def predict_images(trained: TrainedModel, items: list, top_k: int = 3, batch_size: int = 64,
+                   invert: bool = False) -> list[Prediction]:
+  """`predict_files` for a list mixing paths and images in memory (see `prepare_image`)."""
+  results, arrays = [], []
+  for i, item in enumerate(items):
+    if isinstance(item, (str, os.PathLike)):
+      [array], errors = decode_files(trained, [os.fspath(item)])
+      results.append(Prediction(os.fspath(item), error=errors.get(os.fspath(item))))
+    else:
+      try:
+        array, error = prepare_image(trained, item), None
+      except images.UnreadableImage as e:
+        array, error = None, str(e)
+      results.append(Prediction(f'image {i}', error=error))
+    arrays.append(array)
+  return _predict(trained, results, arrays, top_k, batch_size, False, invert)
+
+
+def _predict(trained: TrainedModel, results: list[Prediction], arrays: list, top_k: int,
+             batch_size: int, progress: bool, invert: bool) -> list[Prediction]:
+  """Fills in `results` for the images of `arrays` (uint8 [H, W, C] each at the model's size, or
+  None where one could not be read)."""
   readable = [r for r, array in zip(results, arrays) if array is not None]
   if readable:
     normalizer = file_normalizer(trained)

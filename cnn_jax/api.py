@@ -1,0 +1,157 @@
+"""cnn_jax from Python: train a model, load a trained one, predict and evaluate.
+
+    import cnn_jax
+
+    cnn_jax.train('configs/digits.py', 'runs/digits')           # as python -m cnn_jax.main
+    classifier = cnn_jax.load('runs/digits')                     # its latest checkpoint
+    for p in classifier.predict(['seven.png', pixels, pil_image]):
+      print(p.file, p.label, p.probability)
+    classifier.predict_proba(pixels)                             # [N, num_classes]
+    classifier.evaluate('test')['accuracy']
+
+Images are paths, PIL images or arrays: [H, W] or [H, W, C] (C = 1, 3 or 4) for one image,
+[N, H, W, C] or [N, H, W] for several, of 8-bit pixel values (0–255) or floats in [0, 1]. Each is converted to the model's
+channels and resized to its input, then normalised as in training, exactly as `cnn_jax.predict`
+does with files. Mistakes raise `cnn_jax.errors.UserError` with the message the command line
+prints.
+"""
+
+import copy
+import importlib.util
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from cnn_jax.errors import UserError
+from cnn_jax.models import summary
+from cnn_jax.training import inference
+from cnn_jax.training import train as training
+
+
+def _config(config: str | os.PathLike | ml_collections.ConfigDict,
+            overrides: Mapping[str, Any] | None) -> ml_collections.ConfigDict:
+  """A ConfigDict from a config file path ('configs/digits.py', or with ':small') or a ConfigDict,
+  with `overrides` ({'optimizer.learning_rate': 3e-3}) applied as --config.KEY=VALUE would."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    path = os.fspath(config)
+    if not os.path.exists(path.split(':')[0]):
+      raise UserError(f'config file {path.split(":")[0]!r} does not exist')
+    file, _, argument = path.partition(':')
+    try:  # As --config FILE[:ARGUMENT] loads it: get_config(ARGUMENT), or get_config().
+      spec = importlib.util.spec_from_file_location('_cnn_jax_config', file)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      config = module.get_config(argument) if argument else module.get_config()
+    except Exception as e:  # pylint: disable=broad-except  # The file's own code failed.
+      raise UserError(f'could not load the config file {path!r}: {type(e).__name__}: {e}') from None
+    if not isinstance(config, ml_collections.ConfigDict):
+      raise UserError(f'the config file {path!r}: get_config() did not return a ConfigDict')
+    config.lock()  # A misspelled override is an error, as on the command line.
+  else:
+    config = copy.deepcopy(config)  # The caller's copy stays as it is.
+  for key, value in (overrides or {}).items():
+    *parents, leaf = key.split('.')
+    node = config
+    for part in parents:
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      raise UserError(f'unknown config key {key!r}; every key is listed in configs/default.py')
+    try:
+      node[leaf] = value
+    except (TypeError, ValueError) as e:
+      raise UserError(f'config key {key!r}: {e}') from None
+  return config
+
+
+def train(config: str | os.PathLike | ml_collections.ConfigDict, workdir: str | os.PathLike,
+          overrides: Mapping[str, Any] | None = None) -> dict:
+  """Trains (or resumes) the run in `workdir`, as `python -m cnn_jax.main` does.
+
+  Args:
+    config: a config file path (optionally with ':small') or a ConfigDict.
+    workdir: where the run's checkpoints, metrics and records go.
+    overrides: {'dotted.key': value}, as --config.dotted.key=value on the command line.
+
+  Returns:
+    The final metrics on the eval split and, under 'test', those of the test split.
+
+  Raises:
+    UserError: a mistake in the config, data or workdir.
+  """
+  return training.train_and_evaluate(_config(config, overrides), os.fspath(workdir))
+
+
+class Classifier:
+  """A trained model restored from a workdir, ready to predict and evaluate."""
+
+  def __init__(self, trained: inference.TrainedModel):
+    self._trained = trained
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return self._trained.info.class_names
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    """(H, W, C) of the model's input."""
+    return self._trained.info.image_shape
+
+  @property
+  def step(self) -> int:
+    """The training step of the restored checkpoint."""
+    return self._trained.step
+
+  def _items(self, images) -> list:
+    if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple, np.ndarray)):
+      return [images]  # One path or one PIL image.
+    if isinstance(images, np.ndarray):  # [N, H, W, C] and [N, H, W] are stacks of images.
+      stack = images.ndim == 4 or (images.ndim == 3 and images.shape[-1] not in (1, 3, 4))
+      return list(images) if stack else [images]
+    return list(images)
+
+  def predict(self, images, top_k: int = 3, invert: bool = False,
+              batch_size: int = 64) -> list[inference.Prediction]:
+    """Predicts each image (see the module doc); an unreadable one carries its `error`.
+
+    Returns:
+      One Prediction per image, in order: `label`, `probability`, `top_k` (class, probability)
+      pairs, `probabilities` over all classes, and `reversed_polarity` (the image's background
+      is the opposite of the training images'; `invert=True` inverts the images first).
+    """
+    return inference.predict_images(self._trained, self._items(images), top_k, batch_size, invert)
+
+  def predict_proba(self, images, invert: bool = False) -> np.ndarray:
+    """Class probabilities [N, num_classes] of the images, in class_names order.
+
+    Raises:
+      UserError: an image that could not be read (its reason).
+    """
+    predictions = self.predict(images, top_k=1, invert=invert)
+    failed = [p for p in predictions if p.error]
+    if failed:
+      raise UserError(f'{failed[0].file}: {failed[0].error}')
+    return np.stack([p.probabilities for p in predictions])
+
+  def evaluate(self, split: str | None = None) -> dict:
+    """Accuracy, loss, per-class accuracy and confusion matrix on `split` (default: the run's
+    eval split), as `python -m cnn_jax.evaluate` reports them."""
+    split = split or self._trained.config.data.eval_split
+    examples, logits = inference.split_logits(self._trained, split)
+    return inference.evaluation_report(self._trained, split, examples.labels, logits)
+
+  def summary(self) -> str:
+    """The model's layers, output shapes, parameters and FLOPs, as training prints them."""
+    return summary.format_summary(summary.summarize(self._trained.model, self.image_shape,
+                                                    self._trained.variables))
+
+
+def load(workdir: str | os.PathLike, checkpoint: str | int = 'latest') -> Classifier:
+  """Restores checkpoint `checkpoint` ('latest', 'best' or a step) of the run in `workdir`.
+
+  Raises:
+    UserError: not a workdir, or no such checkpoint.
+  """
+  return Classifier(inference.load_trained(os.fspath(workdir), str(checkpoint)))
