@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from cnn_jax.__main__ import COMMANDS
 from conftest import REPO
 
 
@@ -74,6 +75,34 @@ def test_help_answers_without_loading_jax(command):
   imported = {line.rsplit('|', 1)[-1].strip() for line in result.stderr.splitlines()
               if line.startswith('import time:')}
   assert 'absl.flags' in imported and 'jax' not in imported
+
+
+CONSOLE = os.path.join(os.path.dirname(sys.executable), 'cnn-jax')  # From [project.scripts].
+
+
+@pytest.mark.parametrize('command', ['train', 'evaluate', 'predict', 'report', 'sweep', 'score',
+                                     'benchmark'])
+def test_every_command_answers_as_cnn_jax_command(command):
+  """The same description and flags as python -m cnn_jax.<module> --help."""
+  module = COMMANDS[command]
+  result = subprocess.run([CONSOLE, command, '--helpshort'], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False)
+  direct = subprocess.run([sys.executable, '-m', module, '--helpshort'], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+  assert result.stdout == direct.stdout and f"{module.replace('.', '/')}.py:" in result.stdout
+
+
+def test_the_console_command_lists_its_commands_trains_and_names_a_mistake(tmp_path):
+  listing = subprocess.run([sys.executable, '-m', 'cnn_jax', '--help'], capture_output=True,
+                           text=True, timeout=60, check=False)
+  assert listing.returncode == 0 and '  train      Train a CNN' in listing.stdout
+  wrong = subprocess.run([CONSOLE, 'trian'], capture_output=True, text=True, timeout=60,
+                         check=False)
+  assert wrong.returncode == 2 and "did you mean 'train'?" in wrong.stderr
+  run = subprocess.run([CONSOLE, 'train', '--config', 'configs/digits.py', '--workdir',
+                        str(tmp_path), '--config.num_steps=5'], cwd=REPO, capture_output=True,
+                       text=True, timeout=300, check=False)
+  assert run.returncode == 0 and 'after 5 steps' in run.stdout.splitlines()[-1], run.stderr
 
 
 def test_words_that_are_not_flags_are_refused(tmp_path):
