@@ -19,8 +19,8 @@ COMMAND_LAYER = 4
 # Imported inside functions so that a command that does not need them never pays for them.
 # `cnn_jax.api` is loaded by the package's __getattr__ on first use of cnn_jax.load/train.
 LAZY_ALLOWED = ('optuna', 'torch', 'matplotlib', 'tensorflow', 'tensorflow_datasets', 'sklearn',
-                'tensorboardX', 'cnn_jax.reporting.figures', 'cnn_jax.benchmarks.torch_reference',
-                'cnn_jax.api')
+                'tensorboardX', 'grain', 'cnn_jax.reporting.figures',
+                'cnn_jax.benchmarks.torch_reference', 'cnn_jax.api')
 
 
 def modules_of(root: str) -> dict[str, str]:

@@ -1,5 +1,7 @@
 """Batches read through grain from a random-access source, instead of from a split held in memory.
 
+grain is imported where it is used: a run that holds its splits in memory never loads it.
+
 With `data.stream`, a TFDS dataset is read from its ArrayRecord files (`tfds.data_source`), each
 batch decoded and resized when it is needed, in threads or in worker processes, or gathered from
 its decoded cache (`npy_cache`), so a split never has to fit in host memory (cats_vs_dogs at
@@ -17,7 +19,6 @@ import os
 import signal
 from typing import Iterator
 
-import grain
 import numpy as np
 from absl import flags
 
@@ -128,8 +129,9 @@ class ReadBatch:
     return batch
 
 
-def _read_options(threads: int, prefetch: int) -> grain.ReadOptions:
+def _read_options(threads: int, prefetch: int) -> 'grain.ReadOptions':
   # A buffer smaller than the thread count would leave threads idle.
+  import grain  # pylint: disable=g-import-not-at-top  # Only runs that stream pay for it.
   return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(prefetch, threads))
 
 
@@ -151,9 +153,10 @@ class TakeRows:
     return indices[self.index * rows:(self.index + 1) * rows]
 
 
-def _shard_indices(count: int, shard: tuple[int, int]) -> grain.MapDataset:
+def _shard_indices(count: int, shard: tuple[int, int]) -> 'grain.MapDataset':
   """The example indices process p of P reads, every P-th from p, in order."""
   index, processes = shard
+  import grain  # pylint: disable=g-import-not-at-top  # Only runs that stream pay for it.
   return grain.MapDataset.range(count)[index::processes]
 
 
@@ -162,6 +165,7 @@ def read_all(source, prepare: PrepareExample, threads: int = 0,
   """Yields the prepared examples at `indices` (default: all), in order, in batches of up to 64,
   read by `threads` threads at once (0 = one per CPU core)."""
   indices = indices if indices is not None else range(len(source))
+  import grain  # pylint: disable=g-import-not-at-top  # Only runs that stream pay for it.
   dataset = grain.MapDataset.range(indices.start, indices.stop, indices.step)
   dataset = dataset.batch(_READ_BATCH).map(ReadBatch(source, prepare))
   threads = threads or os.cpu_count()
@@ -178,7 +182,7 @@ def fit_normalizer(source, prepare: PrepareExample, max_value: float,
                                                                        rows)), max_value)
 
 
-def _iterate(dataset: grain.MapDataset, threads: int, worker_processes: int,
+def _iterate(dataset: 'grain.MapDataset', threads: int, worker_processes: int,
              prefetch: int) -> Iterator:
   """Iterates `dataset` with threads, and in worker processes if asked; closes them at the end.
 
@@ -187,6 +191,7 @@ def _iterate(dataset: grain.MapDataset, threads: int, worker_processes: int,
   threads = threads or (1 if worker_processes else os.cpu_count())
   iterable = dataset.to_iter_dataset(_read_options(threads, prefetch))
   if worker_processes:
+    import grain  # pylint: disable=g-import-not-at-top  # Only runs that stream pay for it.
     _let_grain_read_its_flags()
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=worker_processes, per_worker_buffer_size=prefetch),
@@ -241,6 +246,7 @@ def train_batches(source, prepare: PrepareExample, normalizer: Normalizer, batch
   Yields:
     {'image': float32 [B/P, H, W, C], 'label': int32 [B/P]}.
   """
+  import grain  # pylint: disable=g-import-not-at-top  # Only runs that stream pay for it.
   dataset = (grain.MapDataset.range(len(source))
              .shuffle(seed=_shuffle_seed(seed)).repeat()  # A different shuffle for every epoch.
              .batch(batch_size, drop_remainder=True)
