@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from cnn_jax import models
 from cnn_jax.data import sources
-from cnn_jax.training import optim, steps, train
+from cnn_jax.training import loop, optim, steps, train
 from cnn_jax.errors import UserError
 from cnn_jax.runtime.writers import read_metrics
 from conftest import load_config
@@ -179,6 +179,33 @@ def test_several_steps_per_dispatch_train_like_one_step_per_call(tmp_path):
     np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-5)
     assert a['accuracy'] == pytest.approx(b['accuracy'], abs=1e-6)
   assert final_7['accuracy'] == pytest.approx(final_1['accuracy'], abs=1 / 360 + 1e-9)
+
+
+def test_scanned_calls_have_power_of_two_lengths_so_few_programs_compile(tmp_path,
+                                                                         monkeypatch):
+  """Dispatches end at every log, eval and save, so their lengths vary (here 10, 6, 4, ...);
+  each length would be a compilation of its own. Cut into powers of two, they need at most
+  log2(64) + 1 programs."""
+  assert loop.power_of_two_parts(50) == [32, 16, 2] and loop.power_of_two_parts(1) == [1]
+  assert loop.power_of_two_parts(64) == [64] and loop.power_of_two_parts(0) == []
+  lengths = []
+  make_scan = steps.make_scan_train_step
+
+  def recording_scan(*args, **kwargs):
+    scan = make_scan(*args, **kwargs)
+    def run(state, images, labels, index):
+      lengths.append(index.shape[1])
+      return scan(state, images, labels, index)
+    return run
+
+  monkeypatch.setattr(steps, 'make_scan_train_step', recording_scan)
+  config = _short_digits_config()
+  config.data.on_device = True
+  config.steps_per_dispatch = 64
+  config.num_steps, config.log_every_steps, config.eval_every_steps = 150, 10, 22
+  train.train_and_evaluate(config, str(tmp_path))
+  # Dispatches of 10, 2, 8, 4, 6, ... steps (a new program each) ran as 8 + 2, 2, 8, 4, 4 + 2.
+  assert set(lengths) == {2, 4, 8}, lengths
 
 
 def test_steps_per_dispatch_needs_the_data_on_the_device(tmp_path):

@@ -132,8 +132,10 @@ class HostBatches:
     self._batches = batches
 
   def __call__(self, state, step: int, count: int):
+    """Returns (state, [its metrics]) after one step."""
     del step, count  # Always one step: the batches come in order.
-    return self._step(state, next(self._batches))
+    state, metrics = self._step(state, next(self._batches))
+    return state, [metrics]
 
   def close(self) -> None:
     self._batches.close()
@@ -152,13 +154,30 @@ class DeviceSplit:
     self._sharding = sharding
 
   def __call__(self, state, step: int, count: int):
-    index = (self._indices(step) if count == 1 else
-             np.stack([self._indices(s) for s in range(step, step + count)], axis=1))  # [B, K]
-    index = distributed.to_global({'index': index}, self._sharding)['index']
-    return (self._gather if count == 1 else self._scan)(state, *self._split, index)
+    """Returns (state, [metrics of each call]) after steps `step` … `step + count − 1`.
+
+    The steps run in calls of power-of-two lengths (50 = 32 + 16 + 2), largest first: the
+    dispatches end at every log, evaluation and save, so their lengths vary, and each new scan
+    length is a new compilation (with autotuning on a GPU). This way a run compiles at most
+    log2(steps_per_dispatch) + 1 programs, whatever its cadence.
+    """
+    all_metrics = []
+    for length in power_of_two_parts(count):
+      index = (self._indices(step) if length == 1 else
+               np.stack([self._indices(s) for s in range(step, step + length)], axis=1))  # [B, K]
+      index = distributed.to_global({'index': index}, self._sharding)['index']
+      state, metrics = (self._gather if length == 1 else self._scan)(state, *self._split, index)
+      all_metrics.append(metrics)
+      step += length
+    return state, all_metrics
 
   def close(self) -> None:
     pass
+
+
+def power_of_two_parts(count: int) -> list[int]:
+  """`count` as a sum of distinct powers of two, largest first: 50 → [32, 16, 2]."""
+  return [1 << bit for bit in reversed(range(count.bit_length())) if count >> bit & 1]
 
 
 def _put_split_on_device(split: data.Split, normalizer: data.Normalizer, sharding):
@@ -297,7 +316,7 @@ def fit(trainee: Trainee, state, runner, evaluate_all: Callable[[Any], list[dict
     while done < plan.num_steps:
       count = min(plan.steps_per_dispatch, plan.next_stop(done) - done)
       state, metrics = runner(state, done, count)
-      pending.append(metrics)  # Train metrics stay on the device until logged or saved.
+      pending.extend(metrics)  # Train metrics stay on the device until logged or saved.
       done += count
       bar.update(count)
       due = plan.due(done)
