@@ -17,13 +17,16 @@ processes. Each process reads only its own rows of each batch.
 import dataclasses
 import os
 import signal
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from absl import flags
 
 from cnn_jax.data.dataset import DatasetInfo, Normalizer, Split
 from cnn_jax.data.images import crop_center_square, resize_image
+
+if TYPE_CHECKING:  # For the annotations only: grain itself is imported where it runs.
+  import grain
 
 _READ_BATCH = 64  # Examples per read when a whole split is read (the cache, the normaliser).
 
