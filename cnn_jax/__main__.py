@@ -23,6 +23,7 @@ COMMANDS = {
     'sweep': 'cnn_jax.sweep',
     'score': 'cnn_jax.score',
     'benchmark': 'cnn_jax.benchmark',
+    'summary': 'cnn_jax.summary',
 }
 
 

@@ -64,7 +64,7 @@ def test_an_unknown_config_variant_is_named(tmp_path):
 
 
 @pytest.mark.parametrize('command', ['main', 'evaluate', 'predict', 'report', 'sweep',
-                                     'benchmark'])
+                                     'benchmark', 'summary'])
 def test_help_answers_without_loading_jax(command):
   """Each command imports its machinery after its flags are parsed, so --help (and a flag
   mistake) answers in a fraction of a second."""
@@ -80,8 +80,7 @@ def test_help_answers_without_loading_jax(command):
 CONSOLE = os.path.join(os.path.dirname(sys.executable), 'cnn-jax')  # From [project.scripts].
 
 
-@pytest.mark.parametrize('command', ['train', 'evaluate', 'predict', 'report', 'sweep', 'score',
-                                     'benchmark'])
+@pytest.mark.parametrize('command', list(COMMANDS))
 def test_every_command_answers_as_cnn_jax_command(command):
   """The same description and flags as python -m cnn_jax.<module> --help."""
   module = COMMANDS[command]

@@ -1,11 +1,17 @@
 """Tests for cnn_jax.models.summary: shapes from the article cases, params, FLOPs and the table."""
 
+import json
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from cnn_jax.models import conv_output_size, create_model
-from cnn_jax.models.summary import LayerRow, count_params, format_summary, summarize
+from cnn_jax.models.summary import (LayerRow, count_params, format_summary, param_arithmetic,
+                                    size_arithmetic, summarize)
+from conftest import REPO
 
 
 def rows_by_name(rows):
@@ -115,3 +121,57 @@ def test_output_size_formula_matches_the_layers(size, kernel, stride, padding, e
                        padding=padding, pool='none')
   conv = {r.name: r for r in summarize(model, (size, size, 1))}['conv_0']
   assert conv.output_shape == (expected, expected, 3)
+
+
+def _explained(shape, **kwargs):
+  model = create_model('convnet', 2, dense=(), **kwargs)
+  return {r.name: r for r in summarize(model, shape)}
+
+
+@pytest.mark.parametrize('shape, kwargs, layer, size, params', [
+    # The article's cases: a 6×6 image through a 3×3 filter, VALID → 4×4.
+    ((6, 6, 1), dict(features=(1,), kernel_size=3, padding='VALID', pool='none'), 'conv_0',
+     '(6 − 3 + 2·0)/1 + 1 = 4', '3·3·1·1 + 1 = 10'),
+    # 32×32×3 through ten 5×5 filters, VALID → 28×28×10, with 760 parameters.
+    ((32, 32, 3), dict(features=(10,), kernel_size=5, padding='VALID', pool='none'), 'conv_0',
+     '(32 − 5 + 2·0)/1 + 1 = 28', '5·5·3·10 + 10 = 760'),
+    # … and through 3×3 filters → 30×30×10.
+    ((32, 32, 3), dict(features=(10,), kernel_size=3, padding='VALID', pool='none'), 'conv_0',
+     '(32 − 3 + 2·0)/1 + 1 = 30', '3·3·3·10 + 10 = 280'),
+    # SAME padding keeps the size: P = 2 for a 5×5 filter.
+    ((32, 32, 3), dict(features=(10,), kernel_size=5, padding='SAME', pool='none'), 'conv_0',
+     '(32 − 5 + 2·2)/1 + 1 = 32', '5·5·3·10 + 10 = 760'),
+    # Stride 2 halves it (SAME pads one zero in all, after: P = 0.5).
+    ((32, 32, 3), dict(features=(10,), kernel_size=3, strides=2, padding='SAME', pool='none'),
+     'conv_0', '(32 − 3 + 2·0.5)/2 + 1 = 16', '3·3·3·10 + 10 = 280'),
+    # 2×2 max pooling with stride 2: 4×4 → 2×2, no parameters.
+    ((4, 4, 1), dict(features=(1,), kernel_size=1, pool='max'), 'pool_0',
+     '(4 − 2 + 2·0)/2 + 1 = 2', ''),
+    # A division that is not exact is rounded down: (7 − 3)/2 + 1 = 3.
+    ((8, 8, 1), dict(features=(2,), kernel_size=3, strides=2, padding='VALID', pool='none'),
+     'conv_0', '⌊(8 − 3 + 2·0)/2⌋ + 1 = 3', '3·3·1·2 + 2 = 20'),
+])
+def test_the_arithmetic_is_worked_out_as_the_article_writes_it(shape, kwargs, layer, size,
+                                                               params):
+  row = _explained(shape, **kwargs)[layer]
+  assert size_arithmetic(row) == size and param_arithmetic(row) == params
+  assert row.output_shape[0] == int(size.rsplit('= ', 1)[1])
+
+
+def test_the_command_shows_a_model_without_data_or_training(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'cnn_jax.summary', '--config', 'configs/keras_seed.py',
+       '--image_size=300', '--channels=3', '--num_classes=2', '--json'], cwd=REPO,
+      capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr
+  report = json.loads(result.stdout)
+  conv = report['layers'][1]
+  # The introductory Keras article's network: 438,842 parameters for 300×300×3 and 2 classes.
+  assert conv['output_size'] == '(300 − 5 + 2·0)/1 + 1 = 296'
+  assert conv['params_worked_out'] == '5·5·3·10 + 10 = 760'
+  assert report['total_params'] == 438_842
+  assert report['mlp_params'] == 300 * 300 * 3 * 2 + 2  # Straight from the pixels to 2 outputs.
+  text = subprocess.run([sys.executable, '-m', 'cnn_jax.summary', '--config', 'configs/digits.py'],
+                        cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout
+  assert 'Total params: 53,002' in text and '(8 − 3 + 2·1)/1 + 1 = 8' in text
+  assert 'A fully connected network with the same inputs' in text

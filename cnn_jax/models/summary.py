@@ -36,6 +36,8 @@ class LayerRow:
     output_shape: output shape of one image, without the batch dimension, e.g. (28, 28, 10).
     params: number of trainable parameters of this layer (batch-norm running stats excluded).
     flops: forward FLOPs per image (see the module docstring for the convention).
+    input_shape, kernel, stride, padding: the input of one image and F, S and P of a conv or
+      pooling layer, for the arithmetic of `size_arithmetic` and `param_arithmetic`.
   """
 
   name: str
@@ -43,6 +45,10 @@ class LayerRow:
   output_shape: tuple
   params: int
   flops: int
+  input_shape: tuple = ()  # Of one image; () for the input row.
+  kernel: int | None = None  # Filter (or pooling window) side F, for conv and pooling layers.
+  stride: int | None = None  # S.
+  padding: float | None = None  # P: zeros added on each side (a half where SAME pads unevenly).
 
 
 def count_params(params: Any) -> int:
@@ -95,6 +101,13 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int],
   # The filter runs after each module call returns, so children come before their parent and
   # leaves appear in call order. A module that ran no submodule before returning is a leaf.
   calls: list[tuple[tuple[str, ...], nn.Module]] = []
+  inputs: dict[tuple[str, ...], tuple] = {}  # Each module's first input, of one image.
+
+  def record_input(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name == '__call__' and module.path and args and hasattr(args[0], 'shape'):
+      inputs.setdefault(tuple(module.path), tuple(args[0].shape[1:]))
+    return next_fun(*args, **kwargs)
 
   def record(module: nn.Module, method: str) -> bool:
     if method == '__call__' and module.path:
@@ -102,11 +115,12 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int],
       return True
     return False
 
-  _, state = jax.eval_shape(
-    lambda v, x: model.apply(v, x, train=False, capture_intermediates=record,
-                             mutable=['intermediates']),
-    variables, x,
-  )
+  def apply(v, x):
+    with nn.intercept_methods(record_input):
+      return model.apply(v, x, train=False, capture_intermediates=record,
+                         mutable=['intermediates'])
+
+  _, state = jax.eval_shape(apply, variables, x)
   rows = [LayerRow('input', 'Input', tuple(input_shape), 0, 0)]
   parents = {path[:i] for path, _ in calls for i in range(1, len(path))}
   seen: dict[tuple[str, ...], int] = {}
@@ -118,14 +132,96 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int],
     out = _subtree(state['intermediates'], path)['__call__'][call_index]
     out_shape = tuple(out.shape[1:])
     params = _subtree(variables.get('params', {}), path)
+    in_shape = inputs.get(path, ())
     rows.append(LayerRow(
       name='/'.join(path),
       kind=type(module).__name__,
       output_shape=out_shape,
       params=count_params(params) if call_index == 0 else 0,  # shared weights counted once
       flops=_layer_flops(module, params, out_shape),
+      input_shape=in_shape,
+      **_geometry(module, in_shape),
     ))
   return rows
+
+
+def _side(value) -> int:
+  """A square kernel's or stride's side, from an int or a (h, w) pair."""
+  return int(value if isinstance(value, int) else value[0])
+
+
+def _geometry(module: nn.Module, in_shape: tuple) -> dict:
+  """{'kernel', 'stride', 'padding'} (F, S, P along the height) of a conv or pooling layer."""
+  if isinstance(module, Conv):
+    kernel, stride, padding = module.kernel_size, module.strides, module.padding
+  elif isinstance(module, nn.Conv):
+    kernel, stride, padding = _side(module.kernel_size), _side(module.strides or 1), module.padding
+  elif isinstance(module, Pool) and module.kind != 'none':
+    kernel, stride, padding = module.window, module.stride, module.padding
+  else:
+    return {}
+  if not in_shape:
+    return {}
+  return {'kernel': kernel, 'stride': stride,
+          'padding': padding_zeros(in_shape[0], kernel, stride, padding)}
+
+
+def padding_zeros(size: int, kernel: int, stride: int, padding) -> float:
+  """P, the zeros on each side: 0 for 'VALID'; for 'SAME', half of the total padding that makes
+  the output ceil(W / S) (a half when it is odd: SAME pads the extra zero after); for explicit
+  ((low, high), ...) pairs, the mean of the first pair."""
+  if padding == 'VALID':
+    return 0
+  if padding == 'SAME':
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total / 2 if total % 2 else total // 2
+  low, high = padding[0]
+  return (low + high) / 2 if (low + high) % 2 else (low + high) // 2
+
+
+def _number(value: float) -> str:
+  return f'{value:g}' if isinstance(value, float) else f'{value:,}'
+
+
+def size_arithmetic(row: LayerRow) -> str:
+  """The output side of a conv or pooling layer, worked out as introductions write it:
+  '(32 − 5 + 2·0)/1 + 1 = 28' ('⌊…⌋' where the division is not exact); '' for other layers."""
+  if row.kernel is None:
+    return ''
+  w, f, p, s = row.input_shape[0], row.kernel, row.padding, row.stride
+  top = w - f + 2 * p
+  division = f'({w} − {f} + 2·{_number(p)})/{s}'
+  if top % s:
+    division = f'⌊{division}⌋'
+  return f'{division} + 1 = {row.output_shape[0]}'
+
+
+def param_arithmetic(row: LayerRow) -> str:
+  """How a layer's parameter count comes about: '5·5·3·10 + 10 = 760' for a conv (F·F·Cin·Cout
+  weights, a bias per filter), '1,600·10 + 10 = 16,010' for a dense layer, '2·32 = 64' for batch
+  norm (a scale and a shift per channel); '' for a layer without parameters."""
+  if not row.params:
+    return ''
+  out = row.output_shape[-1]
+  if row.kind in ('Conv',) and row.kernel is not None and row.input_shape:
+    weights = row.kernel * row.kernel * row.input_shape[-1] * out
+    product = f'{row.kernel}·{row.kernel}·{row.input_shape[-1]:,}·{out:,}'
+  elif row.kind == 'Dense' and row.input_shape:
+    weights = math.prod(row.input_shape) * out
+    product = f'{math.prod(row.input_shape):,}·{out:,}'
+  elif row.kind == 'BatchNorm':
+    return f'2·{out} = {row.params:,}'
+  else:
+    return ''
+  bias = row.params - weights
+  return f'{product}' + (f' + {bias:,}' if bias else '') + f' = {row.params:,}'
+
+
+def mlp_params(input_shape: tuple, hidden: tuple[int, ...], num_classes: int) -> int:
+  """Parameters of a fully connected network from the flattened image through `hidden` widths to
+  `num_classes` outputs, each layer with a bias: what the convolutions are compared against."""
+  widths = [math.prod(input_shape), *hidden, num_classes]
+  return sum(a * b + b for a, b in zip(widths, widths[1:]))
 
 
 def _si(n: float, unit: str) -> str:
@@ -168,3 +264,37 @@ def format_summary(rows: list[LayerRow]) -> str:
     f'Total params: {total_params:,}',
     f'Total FLOPs/image: {_si(total_flops, "FLOPs")} (multiply-add = 2 FLOPs)',
   ])
+
+
+def explained_rows(rows: list[LayerRow]) -> list[dict]:
+  """Each row as a dict with its arithmetic worked out (what `format_explained` prints)."""
+  return [{'name': r.name, 'type': r.kind, 'input_shape': list(r.input_shape),
+           'output_shape': list(r.output_shape), 'kernel': r.kernel, 'stride': r.stride,
+           'padding': r.padding, 'output_size': size_arithmetic(r), 'params': r.params,
+           'params_worked_out': param_arithmetic(r), 'flops': r.flops} for r in rows]
+
+
+def format_explained(rows: list[LayerRow], mlp: int | None = None) -> str:
+  """The summary with, per layer, F, S and P, the output size and the parameters worked out, then
+  the totals and (given `mlp`, see `mlp_params`) what a fully connected network would need."""
+  header = ('Layer', 'Type', 'Output shape', 'F', 'S', 'P', 'Output size (W − F + 2P)/S + 1',
+            'Params', 'Params worked out', 'FLOPs/image')
+  optional = lambda value: '' if value is None else _number(value)
+  table = [header] + [
+      (r.name, r.kind, 'x'.join(map(str, r.output_shape)), optional(r.kernel),
+       optional(r.stride), optional(r.padding), size_arithmetic(r), f'{r.params:,}',
+       param_arithmetic(r), f'{r.flops:,}') for r in rows]
+  widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+  right = {3, 4, 5, 7, 9}
+  fmt = lambda line: '  '.join(cell.rjust(w) if i in right else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(line, widths))).rstrip()
+  rule = '-' * len(fmt(tuple('x' * w for w in widths)))
+  total_params = sum(r.params for r in rows)
+  lines = [fmt(table[0]), rule, *map(fmt, table[1:]), rule,
+           f'Total params: {total_params:,}',
+           f'Total FLOPs/image: {_si(sum(r.flops for r in rows), "FLOPs")} '
+           '(multiply-add = 2 FLOPs)']
+  if mlp is not None:
+    lines.append(f'A fully connected network with the same inputs, hidden widths and outputs: '
+                 f'{mlp:,} params ({mlp / max(total_params, 1):,.1f}× as many).')
+  return '\n'.join(lines)
