@@ -30,11 +30,12 @@ def format_report(report: dict) -> str:
   lines = [f"{report['workdir']} at step {report['checkpoint_step']:,} on split "
            f"{report['split']!r}: {report['count']:,} images",
            f"accuracy {report['accuracy']:.2%}   loss {report['loss']:.4f}", '',
-           f"{'class':<{width}}  accuracy  correct/count"]
+           f"{'class':<{width}}  accuracy (recall)  precision       F1  correct/count"]
+  share = lambda value: f'{value:.2%}' if value is not None else 'n/a'
   for name in names:
     row = report['per_class'][name]
-    accuracy = f"{row['accuracy']:.2%}" if row['accuracy'] is not None else 'n/a'
-    lines.append(f"{name:<{width}}  {accuracy:>8}  {row['correct']}/{row['count']}")
+    lines.append(f"{name:<{width}}  {share(row['accuracy']):>17}  {share(row['precision']):>9}  "
+                 f"{share(row['f1']):>7}  {row['correct']}/{row['count']}")
   cell = max(width, len(str(max(max(r) for r in report['confusion_matrix']))))
   lines += ['', 'confusion matrix (rows: true class, columns: predicted class)',
             ' ' * (width + 1) + ' '.join(f'{n:>{cell}}' for n in names)]

@@ -60,6 +60,16 @@ def test_evaluate_reproduces_the_runs_final_metrics(workdir):
     assert json.load(f)['confusion_matrix'] == report['confusion_matrix']
 
 
+def test_per_class_precision_recall_and_f1_from_the_confusion_matrix():
+  matrix = np.array([[8, 2, 0], [1, 9, 0], [0, 0, 0]])  # Rows: true class; columns: predicted.
+  cat, dog, fox = (inference._class_scores(matrix, k) for k in range(3))  # pylint: disable=protected-access
+  assert cat['recall'] == cat['accuracy'] == 0.8 and cat['precision'] == 8 / 9
+  assert cat['f1'] == pytest.approx(2 * 0.8 * (8 / 9) / (0.8 + 8 / 9))
+  assert dog['precision'] == 9 / 11 and dog['recall'] == 0.9
+  assert fox == {'accuracy': None, 'precision': None, 'recall': None, 'f1': None, 'correct': 0,
+                 'count': 0}  # No image of it, none predicted: nothing to score.
+
+
 def test_evaluate_names_the_checkpoints_there_are(workdir):
   with pytest.raises(UserError, match='one of the saved steps: .*330'):
     inference.evaluate_workdir(workdir, which='12345')

@@ -69,3 +69,23 @@ def test_report_of_a_colour_cats_vs_dogs_run(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
     page = _assert_report(run_report.build_report(str(tmp_path)))
   assert 'filters of 3×3×3' in page  # RGB first-layer filters, drawn in colour.
+
+
+def test_feature_maps_share_one_stated_scale_per_layer_and_loss_is_logarithmic(monkeypatch,
+                                                                               tmp_path):
+  figures = pytest.importorskip('cnn_jax.reporting.figures')
+  drawn = []
+  monkeypatch.setattr(figures, '_save', lambda figure, path: drawn.append(figure) or path)
+  maps = np.zeros((4, 4, 3), np.float32)
+  maps[..., 1] = 1.0  # A constant map beside an all-zero one: they must not look alike.
+  maps[..., 2] = np.arange(16).reshape(4, 4) / 5
+  figures.feature_maps(np.zeros((8, 8, 1)), [('conv_0', maps)], str(tmp_path / 'f.png'), 3)
+  panels = [axis.images[0] for axis in drawn[0].axes if axis.images][1:]  # After the input.
+  assert len(panels) == 3 and len({panel.get_clim() for panel in panels}) == 1
+  assert panels[0].get_clim() == (0.0, 3.0)  # The layer's range, stated by its colour bar.
+  assert drawn[0].axes[-1].get_ylim() == (0.0, 3.0)  # The colour bar, at the row's end.
+  records = [{'step': s, 'time': s / 10, 'split': 'train', 'loss': 2.3 / s, 'accuracy': 0.5}
+             for s in range(1, 50)]
+  figures.training_curves(records, str(tmp_path / 'c.png'))
+  loss_axes = [axis for axis in drawn[1].axes if axis.get_ylabel().startswith('loss')]
+  assert loss_axes and all(axis.get_yscale() == 'log' for axis in loss_axes)

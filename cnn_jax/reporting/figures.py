@@ -38,7 +38,11 @@ def _show(axis, image: np.ndarray, title: str = '') -> None:
 
 
 def training_curves(records: list[dict], path: str) -> str:
-  """Train and eval loss and accuracy against step (top) and wall time in seconds (bottom)."""
+  """Train and eval loss and accuracy against step (top) and wall time in seconds (bottom).
+
+  Train and evaluation share the axes; the loss is on a log scale, so that the end of training,
+  where it falls from 0.05 to 0.01, is as visible as the start, where it falls from 2.3 to 0.3.
+  """
   figure, axes = plt.subplots(2, 2, figsize=(10, 7))
   for row, x_key in enumerate(('step', 'time')):
     for col, metric in enumerate(('loss', 'accuracy')):
@@ -49,7 +53,9 @@ def training_curves(records: list[dict], path: str) -> str:
           xs, ys = zip(*points)
           axis.plot(xs, ys, style, label=split, markersize=3)
       axis.set_xlabel('step' if x_key == 'step' else 'seconds of training')
-      axis.set_ylabel(metric)
+      axis.set_ylabel(metric + (' (log scale)' if metric == 'loss' else ''))
+      if metric == 'loss' and axis.has_data():
+        axis.set_yscale('log')
       axis.grid(alpha=0.3)
       axis.legend()
   return _save(figure, path)
@@ -104,28 +110,43 @@ def feature_maps(image: np.ndarray, layers: list[tuple[str, np.ndarray]], path: 
                  max_channels: int = 8) -> str:
   """The input, then for each layer its first `max_channels` activation maps; shapes in titles.
 
+  The maps of one layer share one colour scale, drawn as a colour bar at the end of the row: an
+  all-zero map (a filter that found nothing, or a dead ReLU) is then the scale's dark end, not
+  stretched to look like a pattern, and maps of one layer compare at a glance.
+
   Args:
-    image: the input image [H, W, C] (raw or normalised: each panel is scaled to its own range).
+    image: the input image [H, W, C] (raw or normalised: it is scaled to its own range).
     layers: (name, activations [H', W', C']) per conv or pooling layer, in forward order.
     path: where to save the PNG.
     max_channels: maps shown per layer.
   """
   rows = len(layers)
-  figure, axes = plt.subplots(rows, max_channels + 1, squeeze=False,
-                              figsize=(1.3 * (max_channels + 1), 1.4 * rows + 0.3))
+  figure, axes = plt.subplots(rows, max_channels + 2, squeeze=False,
+                              figsize=(1.3 * (max_channels + 1) + 0.6, 1.4 * rows + 0.3),
+                              gridspec_kw={'width_ratios': [1] * (max_channels + 1) + [0.12]})
   for row, (name, maps) in enumerate(layers):
     input_axis = axes[row, 0]
     if row == 0:
       _show(input_axis, image, f'input {"×".join(map(str, image.shape))}')
     else:
       input_axis.axis('off')
+    shown = np.asarray(maps[..., :max_channels], np.float32)
+    low, high = float(shown.min()), float(shown.max())
+    high = high if high > low else low + 1.0  # A constant layer: one colour, still on a scale.
+    drawn = None
     for channel in range(max_channels):
       axis = axes[row, channel + 1]
       if channel < maps.shape[-1]:
+        drawn = axis.imshow(shown[..., channel], cmap='viridis', vmin=low, vmax=high,
+                            interpolation='nearest')
+        axis.set_xticks([])
+        axis.set_yticks([])
         title = f'{name} {"×".join(map(str, maps.shape))}' if channel == 0 else f'#{channel}'
-        _show(axis, maps[..., channel:channel + 1], title)
+        axis.set_title(title, fontsize=8)
       else:
         axis.axis('off')
+    colorbar = figure.colorbar(drawn, cax=axes[row, -1])
+    colorbar.ax.tick_params(labelsize=6)
   return _save(figure, path)
 
 

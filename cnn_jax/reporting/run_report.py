@@ -167,7 +167,8 @@ def _html(trained, metrics: dict, summary_text: str, sections, test: dict | None
   esc = html.escape
   per_class = ''.join(
       f'<tr><td>{esc(name)}</td><td>{row["correct"]}/{row["count"]}</td>'
-      f"<td>{_percent(row['accuracy'])}</td></tr>"
+      f"<td>{_percent(row['accuracy'])}</td><td>{_percent(row.get('precision'))}</td>"
+      f"<td>{_percent(row.get('f1'))}</td></tr>"
       for name, row in metrics['per_class'].items())
   figures_html = ''.join(f'<h2>{esc(title)}</h2><img src="{os.path.basename(png)}" '
                          f'alt="{esc(title)}">' for title, png in sections)
@@ -179,7 +180,8 @@ pre{{background:#f5f5f5;padding:1em;overflow-x:auto}} td{{padding:0 1em}}</style
 <p>Checkpoint step {trained.step:,}. On split {esc(metrics["split"])!s}: accuracy
 <b>{metrics["accuracy"]:.2%}</b>, loss {metrics["loss"]:.4f}, {metrics["count"]:,} images.</p>
 {_tested(trained, test)}
-<table><tr><th>class</th><th>correct</th><th>accuracy</th></tr>{per_class}</table>
+<table><tr><th>class</th><th>correct</th><th>accuracy (recall)</th><th>precision</th>
+<th>F1</th></tr>{per_class}</table>
 {figures_html}
 <h2>Model</h2><pre>{esc(summary_text)}</pre>
 <h2>Config</h2><pre>{esc(json.dumps(trained.config.to_dict(), indent=2, default=str))}</pre>

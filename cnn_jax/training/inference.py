@@ -111,16 +111,26 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
   return matrix
 
 
+def _class_scores(matrix: np.ndarray, k: int) -> dict:
+  """Class k's scores from the confusion matrix: accuracy (= recall: of the images of class k,
+  the share predicted k), precision (of the images predicted k, the share that are k) and F1
+  (their harmonic mean); None where a share has no images to count."""
+  correct, count, predicted = int(matrix[k, k]), int(matrix[k].sum()), int(matrix[:, k].sum())
+  recall = correct / count if count else None
+  precision = correct / predicted if predicted else None
+  f1 = (2 * precision * recall / (precision + recall) if precision and recall else
+        (0.0 if precision is not None and recall is not None else None))
+  return {'accuracy': recall, 'precision': precision, 'recall': recall, 'f1': f1,
+          'correct': correct, 'count': count}
+
+
 def evaluation_report(trained: TrainedModel, split: str, labels: np.ndarray,
                       logits: np.ndarray) -> dict:
   """Returns accuracy, mean loss, count, per-class accuracy and the confusion matrix as a dict."""
   predictions = logits.argmax(axis=-1)
   losses = np.asarray(steps.cross_entropy(logits, labels))
   matrix = confusion_matrix(labels, predictions, trained.info.num_classes)
-  per_class = {
-      name: {'accuracy': float(matrix[k, k] / matrix[k].sum()) if matrix[k].sum() else None,
-             'correct': int(matrix[k, k]), 'count': int(matrix[k].sum())}
-      for k, name in enumerate(trained.info.class_names)}
+  per_class = {name: _class_scores(matrix, k) for k, name in enumerate(trained.info.class_names)}
   return {'workdir': os.path.abspath(trained.workdir), 'checkpoint_step': trained.step,
           'split': split, 'count': int(len(labels)),
           'accuracy': float(np.mean(predictions == labels)), 'loss': float(np.mean(losses)),
