@@ -24,6 +24,7 @@ COMMANDS = {
     'score': 'cnn_jax.score',
     'benchmark': 'cnn_jax.benchmark',
     'summary': 'cnn_jax.summary',
+    'export': 'cnn_jax.export',
 }
 
 

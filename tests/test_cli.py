@@ -64,7 +64,7 @@ def test_an_unknown_config_variant_is_named(tmp_path):
 
 
 @pytest.mark.parametrize('command', ['main', 'evaluate', 'predict', 'report', 'sweep',
-                                     'benchmark', 'summary'])
+                                     'benchmark', 'summary', 'export'])
 def test_help_answers_without_loading_jax(command):
   """Each command imports its machinery after its flags are parsed, so --help (and a flag
   mistake) answers in a fraction of a second."""

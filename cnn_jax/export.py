@@ -1,0 +1,50 @@
+"""Export a trained model: `python -m cnn_jax.export --workdir W [--out DIR] [--batch N]`.
+
+Writes a StableHLO program (`jax.export`) that maps 8-bit images to class probabilities, with the
+run's input normalisation and the softmax inside, plus model.json and exported_model.py, a loader
+that needs only JAX and NumPy: the model then runs where cnn_jax and Flax are not installed.
+"""
+
+import os
+
+from absl import flags
+
+from cnn_jax import cli
+
+
+def define_flags() -> None:
+  """Defines this command's flags (only when it runs, so the module imports anywhere)."""
+  flags.DEFINE_string('workdir', None, 'The workdir of a training run.')
+  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")
+  flags.DEFINE_string('out', None, 'Directory to write to; default: WORKDIR/export.')
+  flags.DEFINE_enum('format', 'stablehlo', ['stablehlo'], 'What to write.')
+  flags.DEFINE_string('batch', 'dynamic', "A fixed batch size, or 'dynamic' for any.")
+  flags.DEFINE_list('platforms', None, "Platforms to lower for, e.g. 'cpu,cuda'; default: this "
+                    "machine's.")
+  flags.mark_flag_as_required('workdir')
+
+
+def main(argv: list[str]) -> None:
+  del argv  # cli.run refuses any.
+  # Imported once the flags are parsed: --help and flag mistakes answer without loading JAX.
+  from cnn_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from cnn_jax.training import export, inference  # pylint: disable=g-import-not-at-top
+  args = flags.FLAGS
+  if args.batch == 'dynamic':
+    batch = None
+  elif args.batch.isdigit() and int(args.batch) > 0:
+    batch = int(args.batch)
+  else:
+    raise UserError(f"--batch={args.batch!r}: give a positive batch size, or 'dynamic'")
+  trained = inference.load_trained(args.workdir, args.checkpoint)
+  directory = args.out or os.path.join(args.workdir, 'export')
+  paths = export.export_stablehlo(trained, directory, batch,
+                                  tuple(args.platforms) if args.platforms else None)
+  print(f'Exported step {trained.step:,} of {args.workdir} ({len(trained.info.class_names)} '
+        f'classes, {"×".join(map(str, trained.info.image_shape))} images, batch '
+        f'{batch or "any"}) to {directory}: ' + ', '.join(os.path.basename(p) for p in paths))
+
+
+if __name__ == '__main__':
+  define_flags()
+  cli.run(main)

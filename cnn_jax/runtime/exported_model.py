@@ -1,0 +1,68 @@
+"""A cnn_jax model exported as StableHLO, run with JAX alone: no cnn_jax, no Flax.
+
+`cnn-jax export --workdir W` writes this file beside the model, so the export directory is all a
+program needs (with `pip install jax numpy`):
+
+    import sys; sys.path.insert(0, 'runs/digits/export')
+    import exported_model
+    model = exported_model.load('runs/digits/export')
+    probabilities = model(pixels)            # uint8 [N, H, W, C], 0–255 → float32 [N, classes]
+    labels = [model.class_names[k] for k in probabilities.argmax(-1)]
+
+The model takes 8-bit pixels as image files hold them, already at its input size; the input
+normalisation and the softmax are inside it, so its output is cnn_jax's predicted probabilities.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+
+MODEL_FILE = 'model.stablehlo'
+RECORD_FILE = 'model.json'
+
+
+class ExportedModel:
+  """The exported model of one directory: call it on a batch of 8-bit images."""
+
+  def __init__(self, directory: str):
+    with open(os.path.join(directory, RECORD_FILE), encoding='utf-8') as f:
+      self.record = json.load(f)
+    self.class_names = tuple(self.record['class_names'])
+    self.image_shape = tuple(self.record['image_shape'])
+    self.batch = self.record['batch']  # None: any batch size.
+    with open(os.path.join(directory, MODEL_FILE), 'rb') as f:
+      self._exported = jax.export.deserialize(bytearray(f.read()))
+
+  def __call__(self, pixels) -> np.ndarray:
+    """Class probabilities [N, len(class_names)] of uint8 images [N, H, W, C] (or one [H, W, C]).
+
+    Raises:
+      ValueError: images of another shape than the model's input, or pixels outside 0–255.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.shape == self.image_shape:
+      pixels = pixels[None]
+    if pixels.ndim != 4 or pixels.shape[1:] != self.image_shape:
+      raise ValueError(f'images of shape {pixels.shape}; this model takes [N, '
+                       f'{", ".join(map(str, self.image_shape))}] (resize them first)')
+    if pixels.dtype != np.uint8:
+      if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
+        raise ValueError('pixels must be 8-bit values, 0–255')
+      pixels = pixels.astype(np.uint8)
+    if self.batch is None:
+      return np.asarray(self._exported.call(pixels))
+    outputs = []
+    for start in range(0, len(pixels), self.batch):  # Fixed batches, the last one padded.
+      chunk = pixels[start:start + self.batch]
+      padded = np.concatenate([chunk, np.zeros((self.batch - len(chunk), *self.image_shape),
+                                                np.uint8)])
+      outputs.append(np.asarray(self._exported.call(padded))[:len(chunk)])
+    return np.concatenate(outputs) if outputs else np.zeros((0, len(self.class_names)),
+                                                            np.float32)
+
+
+def load(directory: str) -> ExportedModel:
+  """The exported model in `directory` (model.stablehlo and model.json)."""
+  return ExportedModel(directory)
