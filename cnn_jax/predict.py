@@ -4,7 +4,8 @@ Each image is decoded, converted to the run's channels, resized to its image sha
 exactly as in training and evaluation, then all of them go through the model in fixed-size jitted
 batches. Prints the predicted class and the top-k probabilities per file (`--json` for JSON), or
 writes one CSV row per file with `--csv out.csv` (a test set's submission). A file that cannot be
-read gets an error line or row, and the other files are still predicted.
+read gets an error line or row, and the other files are still predicted. --workdir may also be a
+directory written by `cnn_jax.export`: the same command line then runs the exported model.
 """
 
 import csv
@@ -20,7 +21,8 @@ from cnn_jax.errors import UserError
 
 def define_flags() -> None:
   """Defines this command's flags (only when it runs, so the module imports anywhere)."""
-  flags.DEFINE_string('workdir', None, 'The workdir of a training run.')
+  flags.DEFINE_string('workdir', None, 'The workdir of a training run, or a directory written '
+                      'by cnn_jax.export.')
   flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")
   flags.DEFINE_integer('top_k', 3, 'How many classes to list per image.', lower_bound=1)
   flags.DEFINE_integer('batch_size', 64, 'Images per forward pass.', lower_bound=1)
@@ -98,12 +100,12 @@ def main(argv: list[str]) -> None:
   if not files:
     raise UserError('no image files given; usage: python -m cnn_jax.predict --workdir W '
                     'IMAGE_OR_DIR [...]')
-  trained = inference.load_trained(args.workdir, args.checkpoint)
-  predictions = inference.predict_files(trained, files, args.top_k, args.batch_size,
+  model = inference.load_predictor(args.workdir, args.checkpoint)
+  predictions = inference.predict_files(model, files, args.top_k, args.batch_size,
                                         progress=bool(args.csv), invert=args.invert)
-  _warn_reversed(predictions, inference.training_background(trained), args.invert)
+  _warn_reversed(predictions, inference.background_of(model), args.invert)
   if args.csv:
-    write_csv(predictions, args.csv, trained.info.class_names, display_names(argv[1:], files),
+    write_csv(predictions, args.csv, inference.class_names(model), display_names(argv[1:], files),
               args.all_probabilities)
     failed = sum(p.error is not None for p in predictions)
     print(f'Wrote {len(predictions):,} predictions to {args.csv}'

@@ -1,11 +1,13 @@
 """Exported models: the same probabilities as cnn_jax's own prediction, run with JAX alone."""
 
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cnn_jax import data
 from cnn_jax.runtime import exported_model
@@ -82,6 +84,20 @@ def test_the_command_writes_a_directory_that_runs_without_cnn_jax(tmp_path):
   ours = np.stack([p.probabilities for p in
                    inference.predict_images(trained, list(_test_pixels()[:20]))])
   np.testing.assert_allclose(np.load(tmp_path / 'p.npy'), ours, atol=1e-5)
+  files = []
+  for i, image in enumerate(_test_pixels()[:6]):
+    files.append(str(tmp_path / f'{i}.png'))
+    Image.fromarray(image[..., 0]).save(files[-1])
+  printed = {}
+  for source in (trained.workdir, str(tmp_path / 'out')):  # The run, then its export.
+    predicted = subprocess.run([sys.executable, '-m', 'cnn_jax.predict', '--workdir', source,
+                                '--json', '--top_k=10', *files], cwd=REPO, capture_output=True,
+                               text=True, timeout=300, check=True)
+    printed[source] = [json.loads(line) for line in predicted.stdout.splitlines()]
+  run, exported = printed.values()
+  assert [r['prediction'] for r in run] == [r['prediction'] for r in exported]
+  np.testing.assert_allclose([[c['probability'] for c in r['top_k']] for r in run],
+                             [[c['probability'] for c in r['top_k']] for r in exported], atol=1e-5)
   bad = subprocess.run([sys.executable, '-m', 'cnn_jax.export', '--workdir', trained.workdir,
                         '--platforms', 'gpu'], cwd=REPO, capture_output=True, text=True,
                        timeout=300, check=False)

@@ -17,7 +17,7 @@ from jax import export
 
 from cnn_jax.errors import UserError
 from cnn_jax.runtime import exported_model
-from cnn_jax.training.inference import TrainedModel, file_normalizer
+from cnn_jax.training.inference import TrainedModel, file_normalizer, training_background
 from cnn_jax.training.workdir import library_versions
 
 
@@ -74,7 +74,11 @@ def export_stablehlo(trained: TrainedModel, directory: str, batch: int | None = 
               'input': 'uint8 pixels 0-255, [N, H, W, C], already at image_shape',
               'output': 'float32 class probabilities, [N, len(class_names)]',
               'platforms': list(exported.platforms), 'workdir': os.path.abspath(trained.workdir),
-              'checkpoint_step': trained.step, 'versions': library_versions()}
+              'checkpoint_step': trained.step, 'versions': library_versions(),
+              # How cnn_jax.predict feeds it image files: their resizing, and the background
+              # of the training images (to flag images of the opposite polarity).
+              'resize': trained.config.data.get('resize', 'squash'),
+              'background': training_background(trained)}
     with open(paths[1], 'w', encoding='utf-8') as f:
       json.dump(record, f, indent=2)
       f.write('\n')

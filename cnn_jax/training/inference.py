@@ -19,7 +19,8 @@ from tqdm import tqdm
 from cnn_jax import data
 from cnn_jax.data import image_folder, images
 from cnn_jax.errors import UserError
-from cnn_jax.runtime import compilation_cache
+from cnn_jax.runtime import compilation_cache, exported_model
+from cnn_jax.runtime.exported_model import ExportedModel
 from cnn_jax.training import checkpoint, setup, steps
 from cnn_jax.training.workdir import load_dataset_record, load_run_config
 
@@ -150,13 +151,50 @@ def evaluate_workdir(workdir: str, which: str = 'latest', split: str | None = No
 
 # ---- image files ------------------------------------------------------------------------------
 
-def decode_files(trained: TrainedModel, files: list[str],
+def load_predictor(path: str, which: str = 'latest') -> 'TrainedModel | ExportedModel':
+  """What predicts from `path`: the exported model of an export directory (`cnn-jax export`),
+  else checkpoint `which` of the run in the workdir `path`."""
+  if os.path.exists(os.path.join(path, exported_model.MODEL_FILE)):
+    return exported_model.load(path)
+  return load_trained(path, which)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Facts:
+  """What feeding a model needs to know, from a run or from an export's model.json."""
+  image_shape: tuple[int, int, int]
+  resize: str
+  class_names: tuple[str, ...]
+  background: str | None
+
+
+def _facts(model: 'TrainedModel | ExportedModel') -> _Facts:
+  if isinstance(model, ExportedModel):
+    return _Facts(model.image_shape, model.record.get('resize', 'squash'), model.class_names,
+                  model.record.get('background'))
+  return _Facts(model.info.image_shape, model.config.data.get('resize', 'squash'),
+                model.info.class_names, training_background(model))
+
+
+def class_names(model: 'TrainedModel | ExportedModel') -> tuple[str, ...]:
+  """The class names of a restored or exported model."""
+  return _facts(model).class_names
+
+
+def background_of(model: 'TrainedModel | ExportedModel') -> str | None:
+  """'dark' or 'light': the background of the images a restored or exported model learned from
+  (None for photos)."""
+  return _facts(model).background
+
+
+def decode_files(model: 'TrainedModel | ExportedModel', files: list[str],
                  progress: bool = False) -> tuple[list[np.ndarray | None], dict[str, str]]:
   """Returns (arrays, {file: reason}): each file decoded and resized as its training data was;
   arrays[i] is None where file i could not be read."""
-  height, width, channels = trained.info.image_shape
+  facts = _facts(model)
+  height, width, channels = facts.image_shape
   if height == width:  # The image-folder decoder: same resize mode, threads, progress bar.
-    resize = trained.config.data.get('resize', 'squash')
+    resize = facts.resize
     arrays, skipped = image_folder.decode_files(files, height, channels, resize,
                                                 os.cpu_count() or 1, progress)
     return arrays, dict(skipped)
@@ -223,10 +261,11 @@ class Prediction:
     return self.top_k[0][1] if self.top_k else None
 
 
-def predict_files(trained: TrainedModel, files: list[str], top_k: int = 3, batch_size: int = 64,
-                  progress: bool = False, invert: bool = False) -> list[Prediction]:
-  """Predicts every readable file of `files` with `trained`, in fixed-size jitted batches;
-  unreadable ones carry an error. With `invert`, each image is inverted first (255 − pixel), for
+def predict_files(trained: 'TrainedModel | ExportedModel', files: list[str], top_k: int = 3,
+                  batch_size: int = 64, progress: bool = False,
+                  invert: bool = False) -> list[Prediction]:
+  """Predicts every readable file of `files` with `trained` (a restored model, or an exported
+  one: `load_predictor`), in fixed-size batches; unreadable ones carry an error. With `invert`, each image is inverted first (255 − pixel), for
   dark-on-light images and a model trained on light-on-dark ones. With `progress`, tqdm bars show
   on a terminal."""
   arrays, errors = decode_files(trained, files, progress)
@@ -267,24 +306,33 @@ def predict_images(trained: TrainedModel, items: list, top_k: int = 3, batch_siz
   return _predict(trained, results, arrays, top_k, batch_size, False, invert)
 
 
-def _predict(trained: TrainedModel, results: list[Prediction], arrays: list, top_k: int,
-             batch_size: int, progress: bool, invert: bool) -> list[Prediction]:
+def _probabilities(model: 'TrainedModel | ExportedModel', pixels: np.ndarray, batch_size: int,
+                   progress: bool) -> np.ndarray:
+  """Class probabilities [N, K] of 8-bit images at the model's input size."""
+  if isinstance(model, ExportedModel):  # Normalisation and softmax are inside the program.
+    return np.concatenate([model(pixels[i:i + batch_size])
+                           for i in range(0, len(pixels), batch_size)])
+  split = data.Split(pixels, np.zeros(len(pixels), np.int32))
+  return softmax(batched_logits(model, data.eval_batches(split, file_normalizer(model),
+                                                         batch_size),
+                                -(-len(pixels) // batch_size), progress))
+
+
+def _predict(trained: 'TrainedModel | ExportedModel', results: list[Prediction], arrays: list,
+             top_k: int, batch_size: int, progress: bool, invert: bool) -> list[Prediction]:
   """Fills in `results` for the images of `arrays` (uint8 [H, W, C] each at the model's size, or
   None where one could not be read)."""
   readable = [r for r, array in zip(results, arrays) if array is not None]
   if readable:
-    normalizer = file_normalizer(trained)
+    facts = _facts(trained)
     pixels = np.stack([array for array in arrays if array is not None])
     if invert:
       pixels = np.uint8(FILE_PIXEL_MAX) - pixels
-    trained_on = training_background(trained)
     for result, image in zip(readable, pixels):
-      result.reversed_polarity = trained_on is not None and image_background(image) != trained_on
-    split = data.Split(pixels, np.zeros(len(pixels), np.int32))
-    logits = batched_logits(trained, data.eval_batches(split, normalizer, batch_size),
-                            -(-len(pixels) // batch_size), progress)
-    names = trained.info.class_names
-    for result, probs in zip(readable, softmax(logits)):
+      result.reversed_polarity = (facts.background is not None
+                                  and image_background(image) != facts.background)
+    names = facts.class_names
+    for result, probs in zip(readable, _probabilities(trained, pixels, batch_size, progress)):
       order = np.argsort(-probs, kind='stable')[:top_k]
       result.top_k = [(names[k], float(probs[k])) for k in order]
       result.probabilities = probs
