@@ -102,6 +102,21 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(t
   assert steps[0] == steps[1] and steps[0] % 5 == 0  # Agreed at a log step.
   saved = [int(n) for n in os.listdir(tmp_path / checkpoint.CHECKPOINT_DIR) if n.isdigit()]
   assert max(saved) == steps[0]
+  # Both resume from the agreed step and finish (a shorter run: the saved step is far from its end).
+  outputs = _run_two_processes(tmp_path, f'--config.num_steps={steps[0] + 20}',
+                               '--config.log_every_steps=5', '--config.eval_every_steps=1000')
+  assert f'Resuming from the checkpoint at step {steps[0]:,}' in outputs[0][0]
+  assert f'after {steps[0] + 20:,} steps' in outputs[0][0].strip().splitlines()[-1]
+
+
+def test_timed_saves_are_agreed_so_two_processes_with_their_own_clocks_finish(tmp_path):
+  """A save is due by each process's own clock at a slightly different step; agreed at each log,
+  every process saves together instead of waiting for the other forever."""
+  outputs = _run_two_processes(tmp_path, '--config.checkpoint.every_minutes=1e-9',
+                               '--config.log_every_steps=3', '--config.checkpoint.keep_last=50')
+  assert 'Final test accuracy' in outputs[0][0]
+  saved = sorted(int(n) for n in os.listdir(tmp_path / checkpoint.CHECKPOINT_DIR) if n.isdigit())
+  assert set(range(3, STEPS, 3)) <= set(saved)  # A timed save at every agreed log step.
 
 
 def test_two_processes_stream_their_own_shards_and_evaluate_every_example_once(tmp_path):
