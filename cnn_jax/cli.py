@@ -4,6 +4,7 @@ A user mistake (a misspelled `--config.` key, a missing config file, a bad value
 with a short message on stderr and exit status 2. Anything else is a bug and keeps its traceback.
 """
 
+import importlib.util
 import os
 import re
 import sys
@@ -52,7 +53,33 @@ def _config_file(argv: list[str]) -> str:
   return ''
 
 
+def _named_config(value: str) -> str:
+  """A --config value as a path: 'digits' or 'digits:small' names configs/digits.py of the
+  installed configs, so a command runs from any directory; a path is kept as it is."""
+  name, colon, argument = value.partition(':')
+  if os.path.exists(name) or not name.isidentifier():
+    return value
+  try:
+    spec = importlib.util.find_spec(f'configs.{name}')
+  except ImportError:
+    spec = None
+  return spec.origin + colon + argument if spec and spec.origin else value
+
+
+def _with_named_configs(argv: list[str]) -> list[str]:
+  """`argv` with each --config NAME (or --config=NAME) turned into its file's path."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith('--config='):
+      out[i] = '--config=' + _named_config(arg.split('=', 1)[1])
+    elif arg == '--config' and i + 1 < len(out):
+      out[i + 1] = _named_config(out[i + 1])
+  return out
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
+  # ml_collections reads the overrides from sys.argv itself: both must name the same file.
+  argv = sys.argv = _with_named_configs(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -84,6 +111,14 @@ def _config_location(error: BaseException) -> str:
   return f' (line {frames[-1].lineno} of {frames[-1].filename})' if frames else ''
 
 
+def _shipped_configs() -> list[str]:
+  """The names --config accepts without a path (the installed configs package's modules)."""
+  spec = importlib.util.find_spec('configs')
+  directories = list(spec.submodule_search_locations or []) if spec else []
+  return sorted(name[:-3] for d in directories for name in os.listdir(d)
+                if name.endswith('.py') and not name.startswith('_') and name != 'default.py')
+
+
 def parsed_config(flag_name: str = 'config') -> ml_collections.ConfigDict:
   """Returns the parsed `--config` value, or exits with a message if it could not be loaded."""
   try:
@@ -100,8 +135,9 @@ def parsed_config(flag_name: str = 'config') -> ml_collections.ConfigDict:
   else:
     problem = 'it did not return a ConfigDict from get_config()'
   if path is not None and not os.path.exists(path.split(':')[0]):
-    _exit_with(f'config file {path.split(":")[0]!r} does not exist; configs live in configs/, '
-               'e.g. --config configs/digits.py')
+    _exit_with(f'config file {path.split(":")[0]!r} does not exist; give a path, e.g. --config '
+               'configs/digits.py, or the name of a shipped config: '
+               + ', '.join(_shipped_configs()))
   _exit_with(f'could not load the config {path!r}: {problem}')
 
 

@@ -57,6 +57,16 @@ def test_overrides_and_config_arguments_reach_the_run(tmp_path):
   assert '"learning_rate": 0.003' in config and '"num_epochs": 2.0' in config
 
 
+def test_a_shipped_config_is_named_without_a_path_from_any_directory(tmp_path):
+  result = _main('--config', 'digits:small', '--workdir', str(tmp_path / 'w'),
+                 '--config.num_steps=3', cwd=str(tmp_path))
+  assert result.returncode == 0, result.stderr
+  assert 'after 3 steps' in result.stdout.strip().splitlines()[-1]
+  result = _main('--config', 'digitz', '--workdir', str(tmp_path / 'w2'), cwd=str(tmp_path))
+  assert result.returncode == 2 and "config file 'digitz' does not exist" in result.stderr
+  assert 'cats_vs_dogs, csv_digits, digits, fashion_mnist' in result.stderr
+
+
 def test_an_unknown_config_variant_is_named(tmp_path):
   result = _main('--config', 'configs/mnist.py:smal', '--workdir', str(tmp_path))
   assert result.returncode == 2 and "unknown config variant 'smal'" in result.stderr
