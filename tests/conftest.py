@@ -6,6 +6,9 @@ import tempfile
 
 # TFDS reads this at import: decoded caches of mock datasets go to a scratch dir, not the home dir.
 os.environ.setdefault('TFDS_DATA_DIR', tempfile.mkdtemp(prefix='cnn_jax_tests_tfds_'))
+# On a GPU machine, each test process and each subprocess it starts would otherwise take 75% of
+# the GPU's memory at its first computation; they allocate what they use instead.
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = ('default', 'digits', 'mnist', 'fashion_mnist', 'cats_vs_dogs', 'keras_seed',

@@ -228,7 +228,8 @@ def test_warm_start_through_the_config(tmp_path):
 
 
 def test_a_checkpoint_written_on_two_devices_restores_on_one(tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
   result = subprocess.run(
       [sys.executable, '-m', 'cnn_jax.main', '--config', 'configs/digits.py', '--workdir',
        str(tmp_path), '--config.num_steps=44', '--config.eval_every_steps=22'],

@@ -25,7 +25,8 @@ def _command(workdir, *extra):
 
 
 def _run(workdir, devices=1, *extra):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   result = subprocess.run(_command(workdir, *extra), cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr
@@ -63,7 +64,8 @@ def _run_two_processes(workdir, *extra) -> list[tuple[str, str]]:
       _command(workdir, f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
                f'--process_id={i}', *extra), cwd=REPO, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True,
-      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+      env=dict(os.environ, JAX_PLATFORMS='cpu',
+               XLA_FLAGS='--xla_force_host_platform_device_count=1'))
                for i in range(2)]
   outputs = [p.communicate(timeout=300) for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs[1][1]
@@ -89,7 +91,8 @@ def test_a_signal_to_one_process_stops_both_at_the_same_step_with_a_checkpoint(t
        '--config.eval_every_steps=1000', f'--coordinator_address=127.0.0.1:{port}',
        '--num_processes=2', f'--process_id={i}'], cwd=REPO, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True,
-      env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+      env=dict(os.environ, JAX_PLATFORMS='cpu',
+               XLA_FLAGS='--xla_force_host_platform_device_count=1'))
                for i in range(2)]
   deadline = time.time() + 120
   while time.time() < deadline and not any(r['step'] >= 50 for r in read_metrics(str(tmp_path))):
