@@ -17,7 +17,6 @@ prints.
 """
 
 import copy
-import importlib.util
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from cnn_jax import cli, config_keys
 from cnn_jax.errors import UserError
 from cnn_jax.models import summary
 from cnn_jax.training import inference
@@ -37,32 +37,18 @@ def _config(config: str | os.PathLike | ml_collections.ConfigDict,
   with `overrides` ({'optimizer.learning_rate': 3e-3}) applied as --config.KEY=VALUE would."""
   if not isinstance(config, ml_collections.ConfigDict):
     path = os.fspath(config)
-    if not os.path.exists(path.split(':')[0]):
-      raise UserError(f'config file {path.split(":")[0]!r} does not exist')
-    file, _, argument = path.partition(':')
-    try:  # As --config FILE[:ARGUMENT] loads it: get_config(ARGUMENT), or get_config().
-      spec = importlib.util.spec_from_file_location('_cnn_jax_config', file)
-      module = importlib.util.module_from_spec(spec)
-      spec.loader.exec_module(module)
+    argument = path.partition(':')[2]  # As --config FILE[:ARGUMENT]: get_config(ARGUMENT).
+    module = cli.config_module(path)
+    try:
       config = module.get_config(argument) if argument else module.get_config()
     except Exception as e:  # pylint: disable=broad-except  # The file's own code failed.
       raise UserError(f'could not load the config file {path!r}: {type(e).__name__}: {e}') from None
     if not isinstance(config, ml_collections.ConfigDict):
       raise UserError(f'the config file {path!r}: get_config() did not return a ConfigDict')
-    config.lock()  # A misspelled override is an error, as on the command line.
   else:
     config = copy.deepcopy(config)  # The caller's copy stays as it is.
   for key, value in (overrides or {}).items():
-    *parents, leaf = key.split('.')
-    node = config
-    for part in parents:
-      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-      raise UserError(f'unknown config key {key!r}; every key is listed in configs/default.py')
-    try:
-      node[leaf] = value
-    except (TypeError, ValueError) as e:
-      raise UserError(f'config key {key!r}: {e}') from None
+    config_keys.set_config_field(config, key, value)
   return config
 
 
@@ -138,9 +124,7 @@ class Classifier:
   def evaluate(self, split: str | None = None) -> dict:
     """Accuracy, loss, per-class accuracy and confusion matrix on `split` (default: the run's
     eval split), as `python -m cnn_jax.evaluate` reports them."""
-    split = split or self._trained.config.data.eval_split
-    examples, logits = inference.split_logits(self._trained, split)
-    return inference.evaluation_report(self._trained, split, examples.labels, logits)
+    return inference.evaluate_trained(self._trained, split)
 
   def summary(self) -> str:
     """The model's layers, output shapes, parameters and FLOPs, as training prints them."""

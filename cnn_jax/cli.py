@@ -53,9 +53,29 @@ def _config_file(argv: list[str]) -> str:
   return ''
 
 
-def _named_config(value: str) -> str:
+def config_module(value: str):
+  """Runs the config file `value` names (a path or a shipped config's name, with any ':argument')
+  and returns it as a module, for its get_config() and get_sweep().
+
+  Raises:
+    UserError: no such file, or its code failed.
+  """
+  path = config_path(value).partition(':')[0]
+  if not os.path.exists(path):
+    raise UserError(_missing_config(path))
+  try:
+    spec = importlib.util.spec_from_file_location('_cnn_jax_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  # The file's own code failed.
+    raise UserError(f'could not load the config file {path!r}{_config_location(e)}: '
+                    f'{type(e).__name__}: {e}') from None
+  return module
+
+
+def config_path(value: str) -> str:
   """A --config value as a path: 'digits' or 'digits:small' names configs/digits.py of the
-  installed configs, so a command runs from any directory; a path is kept as it is."""
+  installed configs, so a command runs from anywhere; a path is kept as it is."""
   name, colon, argument = value.partition(':')
   if os.path.exists(name) or not name.isidentifier():
     return value
@@ -71,9 +91,9 @@ def _with_named_configs(argv: list[str]) -> list[str]:
   out = list(argv)
   for i, arg in enumerate(out):
     if arg.startswith('--config='):
-      out[i] = '--config=' + _named_config(arg.split('=', 1)[1])
+      out[i] = '--config=' + config_path(arg.split('=', 1)[1])
     elif arg == '--config' and i + 1 < len(out):
-      out[i + 1] = _named_config(out[i + 1])
+      out[i + 1] = config_path(out[i + 1])
   return out
 
 
@@ -111,6 +131,11 @@ def _config_location(error: BaseException) -> str:
   return f' (line {frames[-1].lineno} of {frames[-1].filename})' if frames else ''
 
 
+def _missing_config(path: str) -> str:
+  return (f'config file {path!r} does not exist; give a path, e.g. --config configs/digits.py, '
+          'or the name of a shipped config: ' + ', '.join(_shipped_configs()))
+
+
 def _shipped_configs() -> list[str]:
   """The names --config accepts without a path (the installed configs package's modules)."""
   spec = importlib.util.find_spec('configs')
@@ -135,9 +160,7 @@ def parsed_config(flag_name: str = 'config') -> ml_collections.ConfigDict:
   else:
     problem = 'it did not return a ConfigDict from get_config()'
   if path is not None and not os.path.exists(path.split(':')[0]):
-    _exit_with(f'config file {path.split(":")[0]!r} does not exist; give a path, e.g. --config '
-               'configs/digits.py, or the name of a shipped config: '
-               + ', '.join(_shipped_configs()))
+    _exit_with(_missing_config(path.split(':')[0]))
   _exit_with(f'could not load the config {path!r}: {problem}')
 
 

@@ -5,7 +5,6 @@ results. See `cnn_jax/sweep.py` for the command and its flags.
 
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import time
 
 import optuna
 
+from cnn_jax import cli
 from cnn_jax.errors import UserError
 from cnn_jax.runtime import signals
 from cnn_jax.runtime.writers import read_metrics
@@ -169,9 +169,7 @@ def swept_params(sweep_flags: list[str], config_path: str):
   """Returns the Params of --sweep, or of the config file's get_sweep() if none is given."""
   texts = list(sweep_flags)
   if not texts:
-    spec = importlib.util.spec_from_file_location('_swept_config', config_path.split(':')[0])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = cli.config_module(config_path)
     if hasattr(module, 'get_sweep'):
       texts = list(module.get_sweep())
   if not texts:

@@ -19,6 +19,7 @@ from typing import Any
 
 import ml_collections
 
+from cnn_jax import config_keys
 from cnn_jax.errors import UserError
 
 KINDS = ('choice', 'uniform', 'loguniform', 'int')
@@ -72,17 +73,10 @@ def parse(text: str) -> Param:
 
 
 def _field(config: ml_collections.ConfigDict, key: str):
-  node = config
-  parts = key.split('.')
-  for i, part in enumerate(parts):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      where = '.'.join(parts[:i]) or 'the config'
-      close = difflib.get_close_matches(part, list(node.keys()) if isinstance(
-          node, ml_collections.ConfigDict) else [], n=1)
-      hint = f' (did you mean {close[0]!r}?)' if close else ''
-      raise UserError(f'--sweep key {key!r}: {where} has no field {part!r}{hint}.')
-    node = node[part]
-  return node
+  try:
+    return config_keys.config_field(config, key)
+  except UserError as e:
+    raise UserError(f'--sweep: {e}.') from None
 
 
 def coerce(config: ml_collections.ConfigDict, key: str, value: Any) -> Any:
@@ -119,11 +113,7 @@ def apply(config: ml_collections.ConfigDict, values: dict[str, Any]) -> ml_colle
   """Returns an unlocked copy of `config` with the swept `values` set."""
   result = ml_collections.ConfigDict(config.to_dict())
   for key, value in values.items():
-    node = result
-    *parents, last = key.split('.')
-    for part in parents:
-      node = node[part]
-    node[last] = coerce(config, key, value)
+    config_keys.set_config_field(result, key, coerce(config, key, value))
   return result
 
 

@@ -12,7 +12,6 @@ import shutil
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import export
 
 from cnn_jax.errors import UserError
@@ -26,13 +25,10 @@ PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')  # What jax.export lowers for, from a
 
 def probabilities_fn(trained: TrainedModel):
   """The jitted prediction: uint8 images [N, H, W, C] (0–255) → float32 probabilities [N, K]."""
-  normalizer = file_normalizer(trained)
-  mean = np.asarray(normalizer.mean, np.float32)
-  std = np.asarray(normalizer.std, np.float32)
+  normalizer = file_normalizer(trained)  # The same arithmetic as evaluation, traced into it.
 
   def probabilities(pixels):
-    images = (pixels.astype(jnp.float32) / np.float32(normalizer.max_value) - mean) / std
-    logits = trained.model.apply(trained.variables, images, train=False)
+    logits = trained.model.apply(trained.variables, normalizer(pixels), train=False)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
   return jax.jit(probabilities)

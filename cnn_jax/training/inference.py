@@ -143,7 +143,13 @@ def evaluate_workdir(workdir: str, which: str = 'latest', split: str | None = No
                      batch_size: int | None = None) -> dict:
   """Evaluates checkpoint `which` of `workdir` on `split` (default: the run's eval split);
   returns `evaluation_report`'s dict."""
-  trained = load_trained(workdir, which)
+  return evaluate_trained(load_trained(workdir, which), split, batch_size)
+
+
+def evaluate_trained(trained: TrainedModel, split: str | None = None,
+                     batch_size: int | None = None) -> dict:
+  """Evaluates `trained` on `split` (default: its run's eval split); returns
+  `evaluation_report`'s dict."""
   split = split or trained.config.data.eval_split
   examples, logits = split_logits(trained, split, batch_size)
   return evaluation_report(trained, split, examples.labels, logits)
@@ -291,17 +297,20 @@ def prepare_image(trained: TrainedModel, image) -> np.ndarray:
 def predict_images(trained: TrainedModel, items: list, top_k: int = 3, batch_size: int = 64,
                    invert: bool = False) -> list[Prediction]:
   """`predict_files` for a list mixing paths and images in memory (see `prepare_image`)."""
+  is_path = [isinstance(item, (str, os.PathLike)) for item in items]
+  paths = [os.fspath(item) for item, path in zip(items, is_path) if path]
+  decoded, errors = decode_files(trained, paths)  # Together: the files decode in threads.
+  decoded = iter(decoded)
   results, arrays = [], []
-  for i, item in enumerate(items):
-    if isinstance(item, (str, os.PathLike)):
-      [array], errors = decode_files(trained, [os.fspath(item)])
-      results.append(Prediction(os.fspath(item), error=errors.get(os.fspath(item))))
+  for i, (item, path) in enumerate(zip(items, is_path)):
+    if path:
+      array, error = next(decoded), errors.get(os.fspath(item))
     else:
       try:
         array, error = prepare_image(trained, item), None
       except images.UnreadableImage as e:
         array, error = None, str(e)
-      results.append(Prediction(f'image {i}', error=error))
+    results.append(Prediction(os.fspath(item) if path else f'image {i}', error=error))
     arrays.append(array)
   return _predict(trained, results, arrays, top_k, batch_size, False, invert)
 

@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cnn_jax import data, models
+from cnn_jax import config_keys, data, models
 from cnn_jax.errors import UserError
 from cnn_jax.runtime import distributed
 from cnn_jax.training import setup, steps
@@ -50,22 +50,6 @@ VARIED = {
 def member_dir(workdir: str, index: int) -> str:
   """Returns the directory of member `index` of the population in `workdir`."""
   return os.path.join(workdir, f'member_{index:02d}')
-
-
-def _get(config: ml_collections.ConfigDict, dotted_key: str):
-  node = config
-  for part in dotted_key.split('.'):
-    node = node[part]
-  return node
-
-
-def _set(config: ml_collections.ConfigDict, dotted_key: str, value) -> None:
-  *parents, leaf = dotted_key.split('.')
-  node = config
-  for part in parents:
-    node = node[part]
-  with node.unlocked():
-    node[leaf] = value
 
 
 def _problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -106,18 +90,18 @@ def member_configs(config: ml_collections.ConfigDict) -> list[ml_collections.Con
   members = []
   for i in range(config.population.size):
     member = copy.deepcopy(config)
-    _set(member, 'population.size', 0)
+    config_keys.set_config_field(member, 'population.size', 0)
     for field in VARIED:
-      _set(member, f'population.{field}', ())
+      config_keys.set_config_field(member, f'population.{field}', ())
     # Every member reads the population's batch order, so alone it needs the same shuffle seed.
-    _set(member, 'shuffle_seed', setup.shuffle_seed(config))
+    config_keys.set_config_field(member, 'shuffle_seed', setup.shuffle_seed(config))
     # Members keep `seed` unless population.seeds lists theirs, so a comparison of learning
     # rates (say) compares learning rates, not learning rates mixed with initialisations.
     values = {f'population.{field}[{i}]': config.population[field][i]
               for field in VARIED if config.population[field]}
     for field, key in VARIED.items():
       if config.population[field]:
-        _set(member, key, config.population[field][i])
+        config_keys.set_config_field(member, key, config.population[field][i])
     try:
       validate_config(member)
       # Constructing the model checks its field values (a dropout rate in [0, 1), say).
@@ -132,7 +116,7 @@ def member_configs(config: ml_collections.ConfigDict) -> list[ml_collections.Con
 def varied_values(config: ml_collections.ConfigDict,
                   members: list[ml_collections.ConfigDict]) -> dict[str, np.ndarray]:
   """Returns {config key: [N] values} for the hyperparameters that enter the step as arrays."""
-  return {key: np.asarray([float(_get(m, key)) for m in members], np.float32)
+  return {key: np.asarray([float(config_keys.config_field(m, key)) for m in members], np.float32)
           for field, key in VARIED.items() if field != 'seeds' and config.population[field]}
 
 
