@@ -245,24 +245,24 @@ def format_summary(rows: list[LayerRow]) -> str:
     Total FLOPs/image: 4.90 MFLOPs (multiply-add = 2 FLOPs)
   """
   header = ('Layer', 'Type', 'Output shape', 'Params', 'FLOPs/image')
-  table = [header] + [
-    (r.name, r.kind, 'x'.join(map(str, r.output_shape)), f'{r.params:,}', f'{r.flops:,}')
-    for r in rows
-  ]
+  cells = [(r.name, r.kind, 'x'.join(map(str, r.output_shape)), f'{r.params:,}', f'{r.flops:,}')
+           for r in rows]
+  return _table(header, cells, right_aligned={3, 4}, rows=rows)
+
+
+def _table(header: tuple[str, ...], cells: list[tuple[str, ...]], right_aligned: set[int],
+           rows: list[LayerRow]) -> str:
+  """A fixed-width table of `cells` under `header` (numbers right-aligned), ruled, then the
+  totals of `rows`."""
+  table = [header, *cells]
   widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-
-  def fmt(line: tuple[str, ...]) -> str:
-    left = [cell.ljust(w) for cell, w in zip(line[:3], widths[:3])]
-    right = [cell.rjust(w) for cell, w in zip(line[3:], widths[3:])]
-    return '  '.join(left + right).rstrip()
-
+  fmt = lambda line: '  '.join(cell.rjust(w) if i in right_aligned else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(line, widths))).rstrip()
   rule = '-' * len(fmt(tuple('x' * w for w in widths)))
-  total_params = sum(r.params for r in rows)
-  total_flops = sum(r.flops for r in rows)
   return '\n'.join([
-    fmt(table[0]), rule, *map(fmt, table[1:]), rule,
-    f'Total params: {total_params:,}',
-    f'Total FLOPs/image: {_si(total_flops, "FLOPs")} (multiply-add = 2 FLOPs)',
+    fmt(header), rule, *map(fmt, cells), rule,
+    f'Total params: {sum(r.params for r in rows):,}',
+    f'Total FLOPs/image: {_si(sum(r.flops for r in rows), "FLOPs")} (multiply-add = 2 FLOPs)',
   ])
 
 
@@ -280,21 +280,12 @@ def format_explained(rows: list[LayerRow], mlp: int | None = None) -> str:
   header = ('Layer', 'Type', 'Output shape', 'F', 'S', 'P', 'Output size (W − F + 2P)/S + 1',
             'Params', 'Params worked out', 'FLOPs/image')
   optional = lambda value: '' if value is None else _number(value)
-  table = [header] + [
-      (r.name, r.kind, 'x'.join(map(str, r.output_shape)), optional(r.kernel),
-       optional(r.stride), optional(r.padding), size_arithmetic(r), f'{r.params:,}',
-       param_arithmetic(r), f'{r.flops:,}') for r in rows]
-  widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-  right = {3, 4, 5, 7, 9}
-  fmt = lambda line: '  '.join(cell.rjust(w) if i in right else cell.ljust(w)
-                               for i, (cell, w) in enumerate(zip(line, widths))).rstrip()
-  rule = '-' * len(fmt(tuple('x' * w for w in widths)))
-  total_params = sum(r.params for r in rows)
-  lines = [fmt(table[0]), rule, *map(fmt, table[1:]), rule,
-           f'Total params: {total_params:,}',
-           f'Total FLOPs/image: {_si(sum(r.flops for r in rows), "FLOPs")} '
-           '(multiply-add = 2 FLOPs)']
+  cells = [(r.name, r.kind, 'x'.join(map(str, r.output_shape)), optional(r.kernel),
+            optional(r.stride), optional(r.padding), size_arithmetic(r), f'{r.params:,}',
+            param_arithmetic(r), f'{r.flops:,}') for r in rows]
+  text = _table(header, cells, right_aligned={3, 4, 5, 7, 9}, rows=rows)
   if mlp is not None:
-    lines.append(f'A fully connected network with the same inputs, hidden widths and outputs: '
-                 f'{mlp:,} params ({mlp / max(total_params, 1):,.1f}× as many).')
-  return '\n'.join(lines)
+    total = sum(r.params for r in rows)
+    text += (f'\nA fully connected network with the same inputs, hidden widths and outputs: '
+             f'{mlp:,} params ({mlp / max(total, 1):,.1f}× as many).')
+  return text
