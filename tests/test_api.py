@@ -1,6 +1,7 @@
 """cnn_jax from Python: the same training, predictions and evaluation as the command line."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -87,3 +88,10 @@ def test_mistakes_are_user_errors():
     cnn_jax.train('configs/digits.py', '/tmp/unused', {'optimizer.learnin_rate': 1e-3})
   with pytest.raises(UserError, match='not a cnn_jax training workdir'):
     cnn_jax.load(REPO)
+
+
+def test_loading_a_run_says_nothing_about_orbax_internals(trained, caplog):
+  workdir, _ = trained
+  with caplog.at_level(logging.WARNING):
+    cnn_jax.load(workdir)
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers
 
@@ -47,12 +48,20 @@ def open_manager(workdir: str, keep_last: int = 2, keep_best: int = 1,
     policies.append(checkpoint_managers.BestN(
         get_metric_fn=lambda metrics: metrics[best_metric], reverse=mode == 'min', n=keep_best,
         keep_checkpoints_without_metrics=False))  # Periodic saves fall to LatestN.
-  options = ocp.CheckpointManagerOptions(
-      preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-      best_fn=lambda metrics: metrics[best_metric], best_mode=mode,  # Persists metrics per step.
-      cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_handlers=_item_handlers())
+  # A read-only manager makes orbax warn that it turns saving off, which is what was asked for:
+  # noise to a user of evaluate, predict or cnn_jax.load (the commands silence absl logging
+  # anyway; the Python API does not).
+  previous = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR if read_only else previous)
+  try:
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        best_fn=lambda metrics: metrics[best_metric], best_mode=mode,  # Metrics per step.
+        cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only)
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                                 item_handlers=_item_handlers())
+  finally:
+    logging.set_verbosity(previous)
 
 
 def _item_handlers() -> dict:
