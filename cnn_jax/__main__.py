@@ -1,6 +1,6 @@
 """`cnn-jax COMMAND [FLAGS]` (or `python -m cnn_jax COMMAND`): every command under one name.
 
-    cnn-jax train --config configs/digits.py --workdir runs/digits
+    cnn-jax train --config digits --workdir runs/digits
     cnn-jax evaluate --workdir runs/digits --split test
     cnn-jax predict --workdir runs/digits my_digit.png
 

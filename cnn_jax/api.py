@@ -2,7 +2,7 @@
 
     import cnn_jax
 
-    cnn_jax.train('configs/digits.py', 'runs/digits')           # as python -m cnn_jax.main
+    cnn_jax.train('digits', 'runs/digits')                      # as cnn-jax train
     classifier = cnn_jax.load('runs/digits')                     # its latest checkpoint
     for p in classifier.predict(['seven.png', pixels, pil_image]):
       print(p.file, p.label, p.probability)
@@ -33,8 +33,9 @@ from cnn_jax.training import train as training
 
 def _config(config: str | os.PathLike | ml_collections.ConfigDict,
             overrides: Mapping[str, Any] | None) -> ml_collections.ConfigDict:
-  """A ConfigDict from a config file path ('configs/digits.py', or with ':small') or a ConfigDict,
-  with `overrides` ({'optimizer.learning_rate': 3e-3}) applied as --config.KEY=VALUE would."""
+  """A ConfigDict from a shipped config's name or a config file's path (either with ':small'), or a
+  ConfigDict, with `overrides` ({'optimizer.learning_rate': 3e-3}) applied as --config.KEY=VALUE
+  would."""
   if not isinstance(config, ml_collections.ConfigDict):
     path = os.fspath(config)
     argument = path.partition(':')[2]  # As --config FILE[:ARGUMENT]: get_config(ARGUMENT).
@@ -57,7 +58,8 @@ def train(config: str | os.PathLike | ml_collections.ConfigDict, workdir: str | 
   """Trains (or resumes) the run in `workdir`, as `python -m cnn_jax.main` does.
 
   Args:
-    config: a config file path (optionally with ':small') or a ConfigDict.
+    config: a shipped config's name ('digits') or a config file's path (either optionally with
+      ':small'), or a ConfigDict.
     workdir: where the run's checkpoints, metrics and records go.
     overrides: {'dotted.key': value}, as --config.dotted.key=value on the command line.
 

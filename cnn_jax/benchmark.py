@@ -1,6 +1,6 @@
 """Measure a config's speed: compile seconds, steady-state train and eval images/s.
 
-    python -m cnn_jax.benchmark --config configs/mnist.py [--steps 50] [--data real|synthetic]
+    python -m cnn_jax.benchmark --config mnist [--steps 50] [--data real|synthetic]
         [--against torch] [--target_accuracy 0.97 [--max_epochs 20]]
 
 Warm-up steps (which include compilation) are excluded from the throughput figures. By default

@@ -74,13 +74,13 @@ def config_module(value: str):
 
 
 def config_path(value: str) -> str:
-  """A --config value as a path: 'digits' or 'digits:small' names configs/digits.py of the
+  """A --config value as a path: 'digits' or 'digits:small' names cnn_jax/configs/digits.py of the
   installed configs, so a command runs from anywhere; a path is kept as it is."""
   name, colon, argument = value.partition(':')
   if os.path.exists(name) or not name.isidentifier():
     return value
   try:
-    spec = importlib.util.find_spec(f'configs.{name}')
+    spec = importlib.util.find_spec(f'cnn_jax.configs.{name}')
   except ImportError:
     spec = None
   return spec.origin + colon + argument if spec and spec.origin else value
@@ -97,25 +97,33 @@ def _with_named_configs(argv: list[str]) -> list[str]:
   return out
 
 
+HELP_FLAGS = frozenset({'--help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml'})
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   # ml_collections reads the overrides from sys.argv itself: both must name the same file.
   argv = sys.argv = _with_named_configs(argv)
   try:
     return flags.FLAGS(argv)
+  except SystemExit as e:
+    # absl exits with status 1 after printing help it was asked for: that is no failure.
+    if e.code == 1 and HELP_FLAGS.intersection(argv[1:]):
+      sys.exit(0)
+    raise
   except flags.Error as e:
     _exit_with(f'{_without_traceback(str(e))}\nPass --helpfull to see every flag.')
   except (AttributeError, KeyError) as e:  # An override names a key the config does not have.
     text = _innermost_message(e)
     if "has no attribute 'get_config'" in text:
       _exit_with(f'the config file {_config_file(argv)!r} has no get_config(): it must define '
-                 'get_config() returning an ml_collections.ConfigDict (see configs/digits.py).')
+                 'get_config() returning an ml_collections.ConfigDict (see cnn_jax/configs/digits.py).')
     bad = re.match(r"'([^']+)'", text)
     overrides = [a for a in argv[1:] if bad and a.startswith('--config.')
                  and bad.group(1) in re.split(r'[.=]', a[2:])]
     where = f' in {overrides[0]}' if overrides else ''
     hint = text.split('\n', 1)[1].strip() if '\n' in text else ''
     _exit_with(f"unknown config key {bad.group(1) if bad else text!r}{where}. {hint}\n"
-               'Every key and its meaning is listed in configs/default.py.')
+               'Every key and its meaning is listed in cnn_jax/configs/default.py.')
   except Exception as e:  # pylint: disable=broad-except  # The config file itself failed to run.
     where = _config_location(e)
     _exit_with(f'could not load the config file {_config_file(argv)!r}{where}: '
@@ -132,13 +140,13 @@ def _config_location(error: BaseException) -> str:
 
 
 def _missing_config(path: str) -> str:
-  return (f'config file {path!r} does not exist; give a path, e.g. --config configs/digits.py, '
+  return (f'config file {path!r} does not exist; give a path, e.g. --config digits, '
           'or the name of a shipped config: ' + ', '.join(_shipped_configs()))
 
 
 def _shipped_configs() -> list[str]:
   """The names --config accepts without a path (the installed configs package's modules)."""
-  spec = importlib.util.find_spec('configs')
+  spec = importlib.util.find_spec('cnn_jax.configs')
   directories = list(spec.submodule_search_locations or []) if spec else []
   return sorted(name[:-3] for d in directories for name in os.listdir(d)
                 if name.endswith('.py') and not name.startswith('_') and name != 'default.py')

@@ -1,7 +1,7 @@
-"""Train a CNN: `python -m cnn_jax.main --config configs/digits.py --workdir runs/digits`.
+"""Train a CNN: `python -m cnn_jax.main --config digits --workdir runs/digits`.
 
 Any config field can be overridden, e.g. `--config.optimizer.learning_rate=3e-3`; a config file
-can take an argument after a colon, e.g. `--config configs/mnist.py:small`.
+can take an argument after a colon, e.g. `--config mnist:small`.
 """
 
 import sys
@@ -16,7 +16,8 @@ from cnn_jax import cli
 def define_flags() -> None:
   """Defines this command's flags (only when it runs, so the module imports anywhere)."""
   config_flags.DEFINE_config_file(
-      'config', None, 'Path to a config file with get_config(), e.g. configs/digits.py.',
+      'config', None, 'A shipped config by name (digits, mnist, ...) or the path of a config '
+      'file with get_config(), e.g. my_config.py.',
       lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for metrics, config and checkpoints.')
   flags.DEFINE_string('coordinator_address', None, 'Multi-process runs on plain machines: '

@@ -1,4 +1,4 @@
-"""See a model without training it: `python -m cnn_jax.summary --config configs/digits.py`.
+"""See a model without training it: `python -m cnn_jax.summary --config digits`.
 
 Prints every layer with its filter size F, stride S and padding P, its output size worked out as
 (W − F + 2P)/S + 1, its parameters worked out (a conv's F·F·Cin·Cout weights plus a bias per
@@ -19,7 +19,8 @@ from cnn_jax import cli
 def define_flags() -> None:
   """Defines this command's flags (only when it runs, so the module imports anywhere)."""
   config_flags.DEFINE_config_file(
-      'config', None, 'Path to a config file with get_config(), e.g. configs/digits.py.',
+      'config', None, 'A shipped config by name (digits, mnist, ...) or the path of a config '
+      'file with get_config(), e.g. my_config.py.',
       lock_config=True)
   flags.DEFINE_integer('image_size', None, 'Input side W (default: the dataset\'s, after '
                        'config.data.image_size).', lower_bound=1)

@@ -1,6 +1,6 @@
 """Hyperparameter sweeps on Optuna: `python -m cnn_jax.sweep --config C --workdir W --sweep ...`.
 
-    python -m cnn_jax.sweep --config configs/digits.py --workdir runs/digits_sweep \\
+    python -m cnn_jax.sweep --config digits --workdir runs/digits_sweep \\
         --sweep 'model.features=[8,16,32]' --sweep 'model.kernel_size=[3,5]'
     python -m cnn_jax.sweep ... --sweep 'optimizer.learning_rate=loguniform(1e-4,1e-1)' \\
         --sampler tpe --trials 20 --workers 2 --pruner median

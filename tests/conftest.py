@@ -16,8 +16,8 @@ CONFIG_NAMES = ('default', 'digits', 'mnist', 'fashion_mnist', 'cats_vs_dogs', '
 
 
 def load_config(name: str, arg: str | None = None):
-  """Returns configs/<name>.py's get_config(arg), as `--config configs/<name>.py[:arg]` would."""
-  path = os.path.join(REPO, 'configs', f'{name}.py')
+  """Returns the shipped config's get_config(arg), as `--config <name>[:arg]` would."""
+  path = os.path.join(REPO, 'cnn_jax', 'configs', f'{name}.py')
   spec = importlib.util.spec_from_file_location(f'_config_{name}', path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)

@@ -1,6 +1,6 @@
 """Population training: N models that differ in seed and numeric hyperparameters, in one program.
 
-    python -m cnn_jax.main --config configs/digits.py --workdir runs/lr_population \\
+    python -m cnn_jax.main --config digits --workdir runs/lr_population \\
         --config.population.size=4 \\
         --config.population.learning_rates='(3e-4, 1e-3, 3e-3, 1e-2)'
 

@@ -1,6 +1,6 @@
 """A population of N models in one program against the same N models trained one after another.
 
-    python experiments/benchmarks/population_vs_sequential.py [--config configs/digits.py] \\
+    python experiments/benchmarks/population_vs_sequential.py [--config digits] \\
         [--size 8] [--steps 200] [--repeats 3]
 
 Two measurements, in one process so that both sides share the machine's state:

@@ -7,7 +7,7 @@ Needs MNIST prepared by TFDS (README "Offline machines"). Not yet measured by th
 development machine cannot download MNIST.
 """
 
-from configs import mnist
+from cnn_jax.configs import mnist
 
 
 def get_config():

@@ -10,7 +10,7 @@ Results measured on a 2-core CPU are in experiments/README.md.
 
 import ml_collections
 
-from configs import digits
+from cnn_jax.configs import digits
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """Cats vs dogs (TFDS 'cats_vs_dogs': 23,262 colour photos of varying size, 2 classes).
 
-    python -m cnn_jax.main --config configs/cats_vs_dogs.py --workdir runs/cats_vs_dogs
+    python -m cnn_jax.main --config cats_vs_dogs --workdir runs/cats_vs_dogs
 
 TFDS has only a 'train' split: its last 20% is the test split, and 10% of the rest (drawn with
 data.split_seed) the validation split. Images are resized to 128×128. Preparing the dataset
@@ -8,7 +8,7 @@ needs TensorFlow once (README "Datasets").
 Accuracy and time: not yet measured by this project (no download on the dev machine).
 """
 
-from configs import default
+from cnn_jax.configs import default
 
 
 def get_config(arg: str | None = None):

@@ -1,7 +1,7 @@
 """The introductory Keras article's network, exactly: one Conv2D → MaxPool → Dense(softmax).
 
-    python -m cnn_jax.main --config configs/keras_seed.py --workdir runs/keras_seed
-    python -m cnn_jax.main --config configs/keras_seed.py --workdir runs/keras_seed \\
+    python -m cnn_jax.main --config keras_seed --workdir runs/keras_seed
+    python -m cnn_jax.main --config keras_seed --workdir runs/keras_seed \\
         --config.model.features='(32,)' --config.model.kernel_size=3    # other filters / size
 
 Conv2D(10 filters, 5×5, stride 1, 'valid', relu, Glorot-uniform init) on 300×300×3 cats and dogs →
@@ -14,7 +14,7 @@ Accuracy and time: not yet measured by this project (no download on the dev mach
 
 import ml_collections
 
-from configs import default
+from cnn_jax.configs import default
 
 
 def get_config(arg: str | None = None):

@@ -1,12 +1,12 @@
 """The offline default: a two-block ConvNet on the 8×8 handwritten digits bundled with scikit-learn.
 
-    python -m cnn_jax.main --config configs/digits.py --workdir runs/digits
+    python -m cnn_jax.main --config digits --workdir runs/digits
 
 Needs no network. 1,293 training, 144 validation and 360 test digits; 900 steps of 64.
 Measured on a 2-core CPU: see README.md ("What to expect") for accuracy and time.
 """
 
-from configs import default
+from cnn_jax.configs import default
 
 
 def get_config(arg: str | None = None):

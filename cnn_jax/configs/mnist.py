@@ -1,7 +1,7 @@
 """The Keras MNIST convnet on MNIST (TFDS 'mnist', 60k train / 10k test, 28×28×1).
 
-    python -m cnn_jax.main --config configs/mnist.py --workdir runs/mnist
-    python -m cnn_jax.main --config configs/mnist.py:small --workdir runs/mnist_small  # a quick try
+    python -m cnn_jax.main --config mnist --workdir runs/mnist
+    python -m cnn_jax.main --config mnist:small --workdir runs/mnist_small  # a quick try
 
 conv32 3×3 → max pool → conv64 3×3 → max pool → dropout 0.5 → dense 10: 34,826 parameters.
 The dataset is prepared by TFDS on first use (needs internet, or see README "Offline machines").
@@ -10,7 +10,7 @@ Accuracy and time: not yet measured by this project (the development machine can
 
 import ml_collections
 
-from configs import default
+from cnn_jax.configs import default
 
 
 def get_config(arg: str | None = None):

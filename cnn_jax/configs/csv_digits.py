@@ -1,7 +1,7 @@
 """A CSV-labelled practice problem: digits as PNG files plus train.csv (id,label).
 
     python experiments/csv_digits/make_dataset.py --out data/csv_digits
-    python -m cnn_jax.main --config configs/csv_digits.py --workdir runs/csv_digits
+    python -m cnn_jax.main --config csv_digits --workdir runs/csv_digits
     python -m cnn_jax.predict --workdir runs/csv_digits --csv runs/csv_digits/test_predictions.csv \\
         data/csv_digits/test
     python -m cnn_jax.score --predictions runs/csv_digits/test_predictions.csv \\
@@ -11,7 +11,7 @@
 last command scores the predictions. Result measured on a 2-core CPU: see experiments/README.md.
 """
 
-from configs import digits
+from cnn_jax.configs import digits
 
 
 def get_config(arg: str | None = None):

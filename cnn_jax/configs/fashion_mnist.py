@@ -1,6 +1,6 @@
 """Fashion-MNIST apparel (TFDS 'fashion_mnist', 60k train / 10k test, 28×28×1, 10 classes).
 
-    python -m cnn_jax.main --config configs/fashion_mnist.py --workdir runs/fashion_mnist
+    python -m cnn_jax.main --config fashion_mnist --workdir runs/fashion_mnist
 
 A two-block ConvNet with batch norm: apparel is harder than digits, so more filters and a cosine
 schedule. Without TFDS's copy, it reads the original files that Debian's dataset-fashion-mnist
@@ -8,7 +8,7 @@ installs. Measured on those, 2-core CPU, seed 0: 92.04% test accuracy of the che
 validation, 473 s (experiments/README.md).
 """
 
-from configs import default
+from cnn_jax.configs import default
 
 
 def get_config(arg: str | None = None):
