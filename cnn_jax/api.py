@@ -8,6 +8,7 @@
       print(p.file, p.label, p.probability)
     classifier.predict_proba(pixels)                             # [N, num_classes]
     classifier.evaluate('test')['accuracy']
+    classifier.export('runs/digits/onnx', 'onnx')                # as cnn-jax export
 
 Images are paths, PIL images or arrays: [H, W] or [H, W, C] (C = 1, 3 or 4) for one image,
 [N, H, W, C] or [N, H, W] for several, of 8-bit pixel values (0–255) or floats in [0, 1]. Each is converted to the model's
@@ -27,7 +28,7 @@ import numpy as np
 from cnn_jax import cli, config_keys
 from cnn_jax.errors import UserError
 from cnn_jax.models import summary
-from cnn_jax.training import inference
+from cnn_jax.training import export, inference
 from cnn_jax.training import train as training
 
 
@@ -132,6 +133,12 @@ class Classifier:
     """The model's layers, output shapes, parameters and FLOPs, as training prints them."""
     return summary.format_summary(summary.summarize(self._trained.model, self.image_shape,
                                                     self._trained.variables))
+
+  def export(self, directory: str | os.PathLike, model_format: str = 'stablehlo',
+             batch: int | None = None) -> list[str]:
+    """Writes the model as `cnn-jax export` does ('stablehlo' or 'onnx'; `batch` None: any);
+    returns the paths written. `exported_model.load(directory)` runs it without cnn_jax."""
+    return export.export_model(self._trained, os.fspath(directory), model_format, batch)
 
 
 def load(workdir: str | os.PathLike, checkpoint: str | int = 'latest') -> Classifier:

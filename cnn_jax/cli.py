@@ -116,7 +116,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     text = _innermost_message(e)
     if "has no attribute 'get_config'" in text:
       _exit_with(f'the config file {_config_file(argv)!r} has no get_config(): it must define '
-                 'get_config() returning an ml_collections.ConfigDict (see cnn_jax/configs/digits.py).')
+                 'get_config() returning an ml_collections.ConfigDict (see '
+                 'cnn_jax/configs/digits.py).')
     bad = re.match(r"'([^']+)'", text)
     overrides = [a for a in argv[1:] if bad and a.startswith('--config.')
                  and bad.group(1) in re.split(r'[.=]', a[2:])]
@@ -140,11 +141,11 @@ def _config_location(error: BaseException) -> str:
 
 
 def _missing_config(path: str) -> str:
-  return (f'config file {path!r} does not exist; give a path, e.g. --config digits, '
-          'or the name of a shipped config: ' + ', '.join(_shipped_configs()))
+  return (f'config file {path!r} does not exist; give the path of a config file, or the name '
+          'of a shipped config: ' + ', '.join(shipped_configs()))
 
 
-def _shipped_configs() -> list[str]:
+def shipped_configs() -> list[str]:
   """The names --config accepts without a path (the installed configs package's modules)."""
   spec = importlib.util.find_spec('cnn_jax.configs')
   directories = list(spec.submodule_search_locations or []) if spec else []

@@ -1,8 +1,9 @@
-"""Export a trained model: `python -m cnn_jax.export --workdir W [--out DIR] [--batch N]`.
+"""Export a trained model: `python -m cnn_jax.export --workdir W [--format onnx] [--batch N]`.
 
-Writes a StableHLO program (`jax.export`) that maps 8-bit images to class probabilities, with the
-run's input normalisation and the softmax inside, plus model.json and exported_model.py, a loader
-that needs only JAX and NumPy: the model then runs where cnn_jax and Flax are not installed.
+Writes the prediction, 8-bit images in and class probabilities out with the run's input
+normalisation and the softmax inside, as a StableHLO program (`jax.export`) or an ONNX model,
+plus model.json and exported_model.py, a loader that needs only NumPy and JAX (StableHLO) or
+onnxruntime (ONNX): the model then runs where cnn_jax and Flax are not installed.
 """
 
 import os
@@ -17,10 +18,12 @@ def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'The workdir of a training run.')
   flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")
   flags.DEFINE_string('out', None, 'Directory to write to; default: WORKDIR/export.')
-  flags.DEFINE_enum('format', 'stablehlo', ['stablehlo'], 'What to write.')
+  flags.DEFINE_enum('format', 'stablehlo', ['stablehlo', 'onnx'],
+                    "What to write: a StableHLO program for JAX, or an ONNX model (needs "
+                    "pip install 'cnn_jax[onnx]').")
   flags.DEFINE_string('batch', 'dynamic', "A fixed batch size, or 'dynamic' for any.")
-  flags.DEFINE_list('platforms', None, "Platforms to lower for, e.g. 'cpu,cuda'; default: this "
-                    "machine's.")
+  flags.DEFINE_list('platforms', None, "StableHLO: platforms to lower for, e.g. 'cpu,cuda'; "
+                    "default: this machine's.")
   flags.mark_flag_as_required('workdir')
 
 
@@ -38,9 +41,10 @@ def main(argv: list[str]) -> None:
     raise UserError(f"--batch={args.batch!r}: give a positive batch size, or 'dynamic'")
   trained = inference.load_trained(args.workdir, args.checkpoint)
   directory = args.out or os.path.join(args.workdir, 'export')
-  paths = export.export_stablehlo(trained, directory, batch,
-                                  tuple(args.platforms) if args.platforms else None)
-  print(f'Exported step {trained.step:,} of {args.workdir} ({len(trained.info.class_names)} '
+  paths = export.export_model(trained, directory, args.format, batch,
+                              tuple(args.platforms) if args.platforms else None)
+  print(f'Exported step {trained.step:,} of {args.workdir} as {args.format} '
+        f'({len(trained.info.class_names)} '
         f'classes, {"×".join(map(str, trained.info.image_shape))} images, batch '
         f'{batch or "any"}) to {directory}: ' + ', '.join(os.path.basename(p) for p in paths))
 

@@ -77,3 +77,12 @@ def test_a_shipped_config_is_found_by_name_from_any_directory(installed):
   missing = subprocess.run([str(venv / 'bin' / 'cnn-jax'), 'summary', '--config', 'digitz'],
                            cwd=elsewhere, capture_output=True, text=True, timeout=120, check=False)
   assert missing.returncode == 2 and 'digits' in missing.stderr
+
+
+def test_the_all_extra_installs_every_other_extra():
+  tomllib = pytest.importorskip('tomllib')  # Python 3.11 on.
+  with open(os.path.join(REPO, 'pyproject.toml'), 'rb') as f:
+    extras = tomllib.load(f)['project']['optional-dependencies']
+  named, = extras['all']
+  assert named.startswith('cnn_jax[')
+  assert set(named[len('cnn_jax['):-1].split(',')) == set(extras) - {'all'}

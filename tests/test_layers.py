@@ -20,7 +20,9 @@ COMMAND_LAYER = 4
 # `cnn_jax.api` is loaded by the package's __getattr__ on first use of cnn_jax.load/train.
 LAZY_ALLOWED = ('optuna', 'torch', 'matplotlib', 'tensorflow', 'tensorflow_datasets', 'sklearn',
                 'tensorboardX', 'grain', 'cnn_jax.reporting.figures',
-                'cnn_jax.benchmarks.torch_reference', 'cnn_jax.api')
+                'cnn_jax.benchmarks.torch_reference', 'cnn_jax.api', 'onnx', 'onnxruntime')
+# The loader that export copies beside a model runs an ONNX model where JAX is not installed.
+LAZY_IN_MODULE = {('cnn_jax.runtime.exported_model', 'jax')}
 
 
 def modules_of(root: str) -> dict[str, str]:
@@ -103,6 +105,7 @@ def lazy_imports(root: str) -> list[str]:
   return [f'{m} imports {name} inside {function}()' for m, path in modules.items()
           for name, function in imports_of(path, modules)
           if function and not any(name == a or name.startswith(a + '.') for a in LAZY_ALLOWED)
+          and (m, name) not in LAZY_IN_MODULE
           and not (layer(m) == COMMAND_LAYER and function == 'main')]
 
 

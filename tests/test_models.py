@@ -184,6 +184,16 @@ def test_l2_pool_known_values_and_finite_gradient_at_zero():
   np.testing.assert_allclose(grad.ravel()[:2], [3 / 5, 4 / 5], rtol=1e-5)
 
 
+def test_overlapping_l2_pool_has_a_gradient_under_jit():
+  """A training step differentiates inside jit: overlapping SAME l2 pooling must work there."""
+  x = images((7, 7, 2))
+  pool = lambda x: Pool('l2', 3, 1, 'SAME').apply({}, x)
+  grad = jax.jit(jax.grad(lambda x: pool(x).sum()))(x)
+  assert grad.shape == x.shape and np.all(np.isfinite(grad))
+  sums = nn.avg_pool(jnp.square(x), (3, 3), (1, 1), 'SAME', count_include_pad=True) * 9
+  np.testing.assert_allclose(pool(x), jnp.sqrt(sums + L2_POOL_EPS), rtol=1e-5)
+
+
 @pytest.mark.parametrize('name', ['convnet', 'keras_mnist', 'lenet5', 'resnet_small'])
 def test_every_class_starts_equally_likely(name):
   """The classifier starts at zero, whatever the body's initialiser: the first loss is ln(C)."""

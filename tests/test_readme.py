@@ -36,3 +36,22 @@ def test_the_python_example_runs(tmp_path):
   lines = result.stdout.strip().splitlines()
   assert lines[-2] == '(3, 10)' and 0.5 < float(lines[-1]) <= 1.0
   assert all(line.split()[0] in '0123456789' for line in lines[-5:-2])
+
+
+def test_every_command_in_the_readme_works_from_the_installed_distribution():
+  """Commands are `cnn-jax COMMAND`, and configs are shipped names or the user's own files: no
+  path into the repository's cnn_jax/ or configs/."""
+  from cnn_jax.__main__ import COMMANDS  # pylint: disable=g-import-not-at-top
+  from cnn_jax.cli import shipped_configs  # pylint: disable=g-import-not-at-top
+  blocks = re.findall(r'```bash\n(.+?)\n```', _read('README.md'), re.S)
+  text = '\n'.join(blocks).replace('\\\n', ' ')
+  assert 'python -m cnn_jax' not in text
+  used = re.findall(r'\bcnn-jax (\S+)', text)
+  assert used and set(used) <= set(COMMANDS), set(used) - set(COMMANDS)
+  configs = re.findall(r'--config[ =]([^\s\]]+)', text)
+  assert len(configs) > 20
+  shipped = set(shipped_configs())
+  for value in configs:
+    name = value.split(':')[0]
+    assert name in shipped | {'<name>', 'CONFIG'} or (
+        name.endswith('.py') and not name.startswith(('configs/', 'cnn_jax/'))), value

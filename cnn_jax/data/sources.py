@@ -26,7 +26,8 @@ FOLDER_CACHE = '.cnn_jax_cache'  # Under the dataset's own directory (skipped by
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-  """Where the data comes from and how it is decoded (see cnn_jax/configs/default.py for each field)."""
+  """Where the data comes from and how it is decoded (cnn_jax/configs/default.py explains each
+  field)."""
   name: str = 'digits'
   path: str | None = None
   tfds_data_dir: str | None = None

@@ -231,7 +231,9 @@ class Pool(nn.Module):
     if self.kind == 'avg':
       return nn.avg_pool(x, window, strides, self.padding)
     # 'l2': sum of squares over each window; padding contributes zeros.
-    sq = nn.pool(jnp.square(x), jnp.zeros((), x.dtype), jax.lax.add, window, strides, self.padding)
+    # A Python 0 lets JAX see a sum (reduce_window_sum), which it can differentiate under jit; a
+    # traced zero array would make a generic window reduction, which it cannot.
+    sq = nn.pool(jnp.square(x), 0., jax.lax.add, window, strides, self.padding)
     return jnp.sqrt(sq + L2_POOL_EPS)
 
 

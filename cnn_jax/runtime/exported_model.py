@@ -1,7 +1,8 @@
-"""A cnn_jax model exported as StableHLO, run with JAX alone: no cnn_jax, no Flax.
+"""A cnn_jax model exported as StableHLO or ONNX, run without cnn_jax or Flax.
 
-`cnn-jax export --workdir W` writes this file beside the model, so the export directory is all a
-program needs (with `pip install jax numpy`):
+`cnn-jax export --workdir W [--format onnx]` writes this file beside the model, so the export
+directory is all a program needs: NumPy, and JAX for StableHLO (`pip install jax`) or onnxruntime
+for ONNX (`pip install onnxruntime`; JAX is then never imported):
 
     import sys; sys.path.insert(0, 'runs/digits/export')
     import exported_model
@@ -16,11 +17,24 @@ normalisation and the softmax are inside it, so its output is cnn_jax's predicte
 import json
 import os
 
-import jax
 import numpy as np
 
-MODEL_FILE = 'model.stablehlo'
+MODEL_FILES = {'stablehlo': 'model.stablehlo', 'onnx': 'model.onnx'}  # By model.json's format.
 RECORD_FILE = 'model.json'
+ONNX_INPUT, ONNX_OUTPUT = 'pixels', 'probabilities'  # The ONNX graph's input and output names.
+
+
+def _stablehlo_runner(path: str):
+  import jax  # pylint: disable=g-import-not-at-top  # Only for this format.
+  with open(path, 'rb') as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  return lambda pixels: np.asarray(exported.call(pixels))
+
+
+def _onnx_runner(path: str):
+  import onnxruntime  # pylint: disable=g-import-not-at-top  # Only for this format.
+  session = onnxruntime.InferenceSession(path, providers=onnxruntime.get_available_providers())
+  return lambda pixels: session.run([ONNX_OUTPUT], {ONNX_INPUT: pixels})[0]
 
 
 class ExportedModel:
@@ -32,8 +46,9 @@ class ExportedModel:
     self.class_names = tuple(self.record['class_names'])
     self.image_shape = tuple(self.record['image_shape'])
     self.batch = self.record['batch']  # None: any batch size.
-    with open(os.path.join(directory, MODEL_FILE), 'rb') as f:
-      self._exported = jax.export.deserialize(bytearray(f.read()))
+    self.format = self.record.get('format', 'stablehlo')
+    runner = {'stablehlo': _stablehlo_runner, 'onnx': _onnx_runner}[self.format]
+    self._run = runner(os.path.join(directory, MODEL_FILES[self.format]))
 
   def __call__(self, pixels) -> np.ndarray:
     """Class probabilities [N, len(class_names)] of uint8 images [N, H, W, C] (or one [H, W, C]).
@@ -52,17 +67,17 @@ class ExportedModel:
         raise ValueError('pixels must be 8-bit values, 0–255')
       pixels = pixels.astype(np.uint8)
     if self.batch is None:
-      return np.asarray(self._exported.call(pixels))
+      return self._run(pixels)
     outputs = []
     for start in range(0, len(pixels), self.batch):  # Fixed batches, the last one padded.
       chunk = pixels[start:start + self.batch]
       padded = np.concatenate([chunk, np.zeros((self.batch - len(chunk), *self.image_shape),
                                                 np.uint8)])
-      outputs.append(np.asarray(self._exported.call(padded))[:len(chunk)])
+      outputs.append(self._run(padded)[:len(chunk)])
     return np.concatenate(outputs) if outputs else np.zeros((0, len(self.class_names)),
                                                             np.float32)
 
 
 def load(directory: str) -> ExportedModel:
-  """The exported model in `directory` (model.stablehlo and model.json)."""
+  """The exported model in `directory` (model.json, and model.stablehlo or model.onnx)."""
   return ExportedModel(directory)

@@ -160,7 +160,7 @@ def evaluate_trained(trained: TrainedModel, split: str | None = None,
 def load_predictor(path: str, which: str = 'latest') -> 'TrainedModel | ExportedModel':
   """What predicts from `path`: the exported model of an export directory (`cnn-jax export`),
   else checkpoint `which` of the run in the workdir `path`."""
-  if os.path.exists(os.path.join(path, exported_model.MODEL_FILE)):
+  if os.path.exists(os.path.join(path, exported_model.RECORD_FILE)):
     return exported_model.load(path)
   return load_trained(path, which)
 
