@@ -48,7 +48,7 @@ def test_every_command_in_the_readme_works_from_the_installed_distribution():
   assert 'python -m cnn_jax' not in text
   used = re.findall(r'\bcnn-jax (\S+)', text)
   assert used and set(used) <= set(COMMANDS), set(used) - set(COMMANDS)
-  configs = re.findall(r'--config[ =]([^\s\]]+)', text)
+  configs = re.findall(r'--config[ =]([^\s\]`]+)', text)
   assert len(configs) > 20
   shipped = set(shipped_configs())
   for value in configs:
