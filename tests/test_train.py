@@ -12,7 +12,8 @@ import tensorflow_datasets as tfds
 
 from cnn_jax import models
 from cnn_jax.data import sources
-from cnn_jax.training import loop, optim, steps, train
+from cnn_jax.runtime import compilation_cache
+from cnn_jax.training import optim, setup, steps, train
 from cnn_jax.errors import UserError
 from cnn_jax.runtime.writers import read_metrics
 from conftest import load_config
@@ -181,31 +182,42 @@ def test_several_steps_per_dispatch_train_like_one_step_per_call(tmp_path):
   assert final_7['accuracy'] == pytest.approx(final_1['accuracy'], abs=1 / 360 + 1e-9)
 
 
-def test_scanned_calls_have_power_of_two_lengths_so_few_programs_compile(tmp_path,
-                                                                         monkeypatch):
-  """Dispatches end at every log, eval and save, so their lengths vary (here 10, 6, 4, ...);
-  each length would be a compilation of its own. Cut into powers of two, they need at most
-  log2(64) + 1 programs."""
-  assert loop.power_of_two_parts(50) == [32, 16, 2] and loop.power_of_two_parts(1) == [1]
-  assert loop.power_of_two_parts(64) == [64] and loop.power_of_two_parts(0) == []
-  lengths = []
-  make_scan = steps.make_scan_train_step
-
-  def recording_scan(*args, **kwargs):
-    scan = make_scan(*args, **kwargs)
-    def run(state, images, labels, index):
-      lengths.append(index.shape[1])
-      return scan(state, images, labels, index)
-    return run
-
-  monkeypatch.setattr(steps, 'make_scan_train_step', recording_scan)
+def test_scanned_calls_compile_one_program_whatever_the_cadence(tmp_path, monkeypatch):
+  """The accelerator default (auto: scan the steps between stops), forced on this CPU. Calls end
+  at every log, eval and save, so their lengths vary (here 10, 2, 8, 4, 6, ...); each would be a
+  compilation of its own (autotuned, on a GPU). The shorter ones run the same program with steps
+  skipped: JAX's compile events show one program."""
+  auto = setup.steps_per_dispatch
+  monkeypatch.setattr(setup, 'steps_per_dispatch',
+                      lambda *args, **kwargs: auto(*args, **kwargs, platform='gpu'))
   config = _short_digits_config()
-  config.data.on_device = True
-  config.steps_per_dispatch = 64
+  config.data.on_device, config.steps_per_dispatch = True, 0
   config.num_steps, config.log_every_steps, config.eval_every_steps = 150, 10, 22
-  train.train_and_evaluate(config, str(tmp_path))
-  # Dispatches of 10, 2, 8, 4, 6, ... steps (a new program each) ran as 8 + 2, 2, 8, 4, 4 + 2.
-  assert set(lengths) == {2, 4, 8}, lengths
+  config.compilation_cache = ''  # Count compilations, not loads from the disk cache.
+  plan = setup.make_plan(config, 1_293)
+  assert plan.steps_per_dispatch == 10  # The shortest period: logs every 10 steps.
+  assert auto(config, 20, (50, 0, 0), platform='gpu') == 20  # An epoch, if shorter.
+  assert auto(config, 20, (50,), platform='cpu') == 1
+  compiled = []
+
+  def on_compile(event, seconds, fun_name='', **kwargs):
+    del seconds, kwargs
+    if event == compilation_cache.BACKEND_COMPILE_EVENT:
+      compiled.append(fun_name)
+
+  jax.monitoring.register_event_duration_secs_listener(on_compile)
+  try:
+    scanned = train.train_and_evaluate(config, str(tmp_path / 'scanned'))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on_compile)
+  assert sum('scanned_train_steps' in name for name in compiled) == 1, compiled
+  config.steps_per_dispatch = 1  # The same run, one step per call.
+  stepped = train.train_and_evaluate(config, str(tmp_path / 'stepped'))
+  logs = [read_metrics(str(tmp_path / w)) for w in ('scanned', 'stepped')]
+  assert [(r['step'], r['split']) for r in logs[0]] == [(r['step'], r['split']) for r in logs[1]]
+  for a, b in zip(*logs):
+    np.testing.assert_allclose(a['loss'], b['loss'], rtol=1e-5)
+  assert scanned['accuracy'] == pytest.approx(stepped['accuracy'], abs=1 / 360 + 1e-9)
 
 
 def test_steps_per_dispatch_needs_the_data_on_the_device(tmp_path):

@@ -76,7 +76,8 @@ def get_config():
   config.data.prefetch = 4  # Streaming: batches read ahead (at least one per thread), per process.
   config.data.on_device = False  # Hold the whole training split on the device (digits, MNIST).
   # Steps per compiled call with data.on_device (lax.scan over steps): 1 = one call per step;
-  # 0 = auto: a whole epoch on GPU/TPU, 1 on CPU, where scanned convolutions run slower.
+  # 0 = auto: on GPU/TPU an epoch, or the steps between logs, evaluations or saves if fewer;
+  # 1 on CPU, where scanned convolutions run slower.
   config.steps_per_dispatch = 0
   config.data.csv = config_dict.placeholder(str)  # 'csv' source: CSV of file and label columns.
   config.data.csv_file_column = ''  # '' = the first of filename, file, image, image_id, id, path.

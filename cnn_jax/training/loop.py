@@ -132,10 +132,10 @@ class HostBatches:
     self._batches = batches
 
   def __call__(self, state, step: int, count: int):
-    """Returns (state, [its metrics]) after one step."""
+    """Returns (state, [(its metrics, 1)]) after one step."""
     del step, count  # Always one step: the batches come in order.
     state, metrics = self._step(state, next(self._batches))
-    return state, [metrics]
+    return state, [(metrics, 1)]
 
   def close(self) -> None:
     self._batches.close()
@@ -146,38 +146,43 @@ class DeviceSplit:
   several steps run in one compiled call (`lax.scan`); only indices leave the host."""
 
   def __init__(self, train_step, dataset, batch_size: int, seed: int, sharding: NamedSharding,
-               replicated: NamedSharding, compiler_options):
+               replicated: NamedSharding, compiler_options, steps_per_call: int):
     self._split = _put_split_on_device(dataset.train, dataset.normalizer, replicated)
-    self._gather = steps.make_gather_train_step(train_step, compiler_options)
-    self._scan = steps.make_scan_train_step(train_step, compiler_options)
+    self._steps_per_call = steps_per_call
+    if steps_per_call == 1:
+      self._step = steps.make_gather_train_step(train_step, compiler_options)
+    else:
+      self._step = steps.make_scan_train_step(train_step, compiler_options)
     self._indices = lambda s: data.train_indices(len(dataset.train), batch_size, seed, s)
     self._sharding = sharding
 
   def __call__(self, state, step: int, count: int):
-    """Returns (state, [metrics of each call]) after steps `step` … `step + count − 1`.
+    """Returns (state, [(metrics, steps) of each call]) after steps `step` … `step + count − 1`.
 
-    The steps run in calls of power-of-two lengths (50 = 32 + 16 + 2), largest first: the
-    dispatches end at every log, evaluation and save, so their lengths vary, and each new scan
-    length is a new compilation (with autotuning on a GPU). This way a run compiles at most
-    log2(steps_per_dispatch) + 1 programs, whatever its cadence.
+    Every call is one compiled program, `steps_per_call` steps long: the dispatches end at every
+    log, evaluation and save, so their lengths vary, and a scan of each length would be a new
+    compilation (with autotuning on a GPU). A shorter call runs the same program with the steps
+    past its end skipped.
     """
-    all_metrics = []
-    for length in power_of_two_parts(count):
-      index = (self._indices(step) if length == 1 else
-               np.stack([self._indices(s) for s in range(step, step + length)], axis=1))  # [B, K]
-      index = distributed.to_global({'index': index}, self._sharding)['index']
-      state, metrics = (self._gather if length == 1 else self._scan)(state, *self._split, index)
-      all_metrics.append(metrics)
-      step += length
-    return state, all_metrics
+    calls = []
+    for start in range(step, step + count, self._steps_per_call):
+      length = min(self._steps_per_call, step + count - start)
+      if self._steps_per_call == 1:
+        arguments = (self._global(self._indices(start)),)
+      else:
+        # The columns of skipped steps are filler: a skipped step reads no batch.
+        columns = [self._indices(s) for s in range(start, start + length)]
+        columns += columns[:1] * (self._steps_per_call - length)
+        arguments = (self._global(np.stack(columns, axis=1)), length)  # [B, K]
+      state, metrics = self._step(state, *self._split, *arguments)
+      calls.append((metrics, length))
+    return state, calls
+
+  def _global(self, index: np.ndarray):
+    return distributed.to_global({'index': index}, self._sharding)['index']
 
   def close(self) -> None:
     pass
-
-
-def power_of_two_parts(count: int) -> list[int]:
-  """`count` as a sum of distinct powers of two, largest first: 50 → [32, 16, 2]."""
-  return [1 << bit for bit in reversed(range(count.bit_length())) if count >> bit & 1]
 
 
 def _put_split_on_device(split: data.Split, normalizer: data.Normalizer, sharding):
@@ -257,8 +262,11 @@ def _accumulate(sums: np.ndarray, pending: list) -> None:
   """Adds the pending per-step train metrics into the running sums [N, 3], in step order, in
   float64. The same additions in the same order happen whether or not the run was resumed in
   between (the sums travel in the checkpoints), so logged averages are bitwise identical."""
-  for metrics in jax.device_get(pending):  # [], [K] (K scanned steps) or [N] (members) each.
-    loss, accuracy = (np.reshape(metrics[k], (-1, len(sums))) for k in ('loss', 'accuracy'))
+  # (metrics, steps) pairs: [] or [N] (members) for one step, [K] or [K, N] for a scan of K
+  # whose first `steps` ran.
+  for metrics, count in jax.device_get(pending):
+    loss, accuracy = (np.reshape(metrics[k], (-1, len(sums)))[:count]
+                      for k in ('loss', 'accuracy'))
     for step_loss, step_accuracy in zip(loss, accuracy):
       sums[:, 0] += step_loss
       sums[:, 1] += step_accuracy

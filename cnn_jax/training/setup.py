@@ -114,26 +114,34 @@ class Plan:
     return min([self.num_steps] + [(step // p + 1) * p for p in periods if p])
 
 
-def steps_per_dispatch(config: ml_collections.ConfigDict, per_epoch: int) -> int:
-  """Training steps run by one compiled call: config.steps_per_dispatch, or for 0 (auto) a whole
-  epoch on a GPU or TPU with the data on the device, and 1 otherwise.
+def steps_per_dispatch(config: ml_collections.ConfigDict, per_epoch: int,
+                       periods: tuple[int, ...] = (), platform: str | None = None) -> int:
+  """Training steps run by one compiled call: config.steps_per_dispatch, or for 0 (auto), with
+  the data on a GPU or TPU, a whole epoch or the shortest of `periods` (the steps between logs,
+  evaluations and saves) if fewer, and 1 otherwise.
 
-  On a CPU, XLA runs convolutions inside a loop several times slower than the same step called
-  from Python (see experiments/benchmarks/RESULTS.md), so auto never scans there.
+  A call ends at each of those stops, and a shorter call runs the same program with steps
+  skipped: the shortest period keeps the skipped steps rare. On a CPU, XLA runs convolutions
+  inside a loop several times slower than the same step called from Python (see
+  experiments/benchmarks/RESULTS.md), so auto never scans there. `platform`: the devices'
+  ('cpu', 'gpu', 'tpu'); None: this process's.
   """
   if config.steps_per_dispatch:
     return config.steps_per_dispatch
-  on_accelerator = jax.devices()[0].platform != 'cpu'
-  return per_epoch if config.data.on_device and on_accelerator else 1
+  on_accelerator = (platform or jax.devices()[0].platform) != 'cpu'
+  if not (config.data.on_device and on_accelerator):
+    return 1
+  return min([per_epoch] + [p for p in periods if p])
 
 
 def make_plan(config: ml_collections.ConfigDict, num_train_examples: int) -> Plan:
   """Returns the run's plan for a training split of `num_train_examples` examples."""
   per_epoch = data.steps_per_epoch(num_train_examples, config.batch_size)
   eval_every = config.eval_every_steps or per_epoch
+  save_every = config.checkpoint.every_steps or eval_every
+  periods = (config.log_every_steps, eval_every, save_every)
   return Plan(num_steps=config.num_steps or math.ceil(config.num_epochs * per_epoch),
               steps_per_epoch=per_epoch, log_every=config.log_every_steps, eval_every=eval_every,
-              save_every=config.checkpoint.every_steps or eval_every,
-              save_every_minutes=config.checkpoint.every_minutes,
+              save_every=save_every, save_every_minutes=config.checkpoint.every_minutes,
               shuffle_seed=shuffle_seed(config),
-              steps_per_dispatch=steps_per_dispatch(config, per_epoch))
+              steps_per_dispatch=steps_per_dispatch(config, per_epoch, periods))

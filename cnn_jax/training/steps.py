@@ -115,18 +115,31 @@ def make_gather_train_step(train_step: Callable,
 
 def make_scan_train_step(train_step: Callable,
                          compiler_options: dict[str, str] | None = None) -> Callable:
-  """Returns a jitted `steps(state, images, labels, index) -> (state, metrics)` that runs K steps.
+  """Returns a jitted `scanned_train_steps(state, images, labels, index, count) -> (state,
+  metrics)` that runs up to K steps in one compiled call.
 
   Like `make_gather_train_step`, but `index` is [B, K]: column k holds step k's batch, and
-  `lax.scan` runs the K steps inside one compiled call, so the host dispatches once per K steps.
-  The metrics come back stacked, [K] each. (The index is [B, K], not [K, B], so that it is
-  sharded along its first axis like every batch.)
+  `lax.scan` runs the steps inside one call, so the host dispatches once per K steps. Only the
+  first `count` (≤ K, a traced number) steps train; the others leave the state as it is. A call
+  that must end early, at a log, an evaluation or a save, is the same program: a run compiles
+  one, whatever its cadence. The metrics come back stacked, [K] each, the last K − count zero.
+  (The index is [B, K], not [K, B], so that it is sharded along its first axis like every batch.)
   """
-  def steps(state, images, labels, index):
-    def one_step(state, batch_index):
-      return train_step(state, {'image': images[batch_index], 'label': labels[batch_index]})
-    return jax.lax.scan(one_step, state, index.T)
-  return jax.jit(steps, donate_argnums=0, compiler_options=compiler_options)
+  def scanned_train_steps(state, images, labels, index, count):
+    def one_step(state, step_and_index):
+      k, batch_index = step_and_index
+
+      def train(state):
+        return train_step(state, {'image': images[batch_index], 'label': labels[batch_index]})
+
+      def skip(state):
+        metrics = jax.eval_shape(lambda s: train(s)[1], state)
+        return state, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
+
+      return jax.lax.cond(k < count, train, skip, state)
+    steps = jnp.arange(index.shape[1])
+    return jax.lax.scan(one_step, state, (steps, index.T))
+  return jax.jit(scanned_train_steps, donate_argnums=0, compiler_options=compiler_options)
 
 
 def eval_step_fn(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:

@@ -61,7 +61,8 @@ def _runner(trainee: loop.Trainee, config, dataset, plan: setup.Plan, start_step
   batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
   if config.data.on_device:
     return loop.DeviceSplit(trainee.train_step, dataset, config.batch_size, plan.shuffle_seed,
-                            batch_sharding, NamedSharding(mesh, PartitionSpec()), options)
+                            batch_sharding, NamedSharding(mesh, PartitionSpec()), options,
+                            plan.steps_per_dispatch)
   d = config.data
   batches = loop.device_train_batches(dataset, config.batch_size, plan.shuffle_seed, start_step,
                                       batch_sharding, d.workers, d.worker_processes, d.prefetch)
