@@ -82,6 +82,8 @@ BAD_VALUES = [
     ('dtype', ['float16'], []),
     ('cpu_kernels', ['mkl'], []),
     ('pool_first', ['maybe'], []),
+    ('pool_by_reshape', ['sometimes'], []),
+    ('precision', ['fp8'], []),
     ('compilation_cache', ['/etc/hostname'], []),
     ('population.size', ['-1'], []),
     ('population.seeds', ['(1,2)'], ['population.size=3']),

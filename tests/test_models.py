@@ -95,7 +95,8 @@ def test_model_fields():
   fields = model_fields('keras_mnist')
   assert 'features' in fields and 'dense_dropout' in fields and 'dtype' in fields
   assert not {'parent', 'name', 'num_classes'} & set(fields)
-  assert model_fields('resnet18') == ('stage_sizes', 'num_filters', 'stem', 'initializer', 'dtype')
+  assert model_fields('resnet18') == ('stage_sizes', 'num_filters', 'stem', 'initializer', 'dtype',
+                                      'precision')
 
 
 def test_variant_fields_can_be_overridden_and_lists_become_tuples():

@@ -246,3 +246,43 @@ def test_choices_are_made_on_validation_and_the_test_split_is_scored_once_at_the
   assert again['count'] == 360 and again['accuracy'] == pytest.approx(tests[0]['accuracy'])
   assert result['test']['accuracy'] == tests[0]['accuracy']
   assert result['accuracy'] == evals[120]['accuracy']  # The last validation result.
+
+
+def _lowered_text(model, shape=(2, 8, 8, 1)) -> str:
+  """The StableHLO of a training step's forward and backward pass through `model`."""
+  x = jnp.ones(shape)
+  variables = model.init(jax.random.key(0), x)
+
+  def loss(params):
+    logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                            rngs={'dropout': jax.random.key(1)}, mutable=['batch_stats'])
+    return logits.sum()
+  return jax.jit(jax.grad(loss)).lower(variables['params']).as_text()
+
+
+def test_the_cpu_tricks_are_on_where_they_win_and_each_can_be_switched():
+  """'auto': pool-before-bias and pooling by reshape on CPU only; XLA's own reduce_window on a
+  GPU or TPU, where nothing says they win. Either way the same numbers."""
+  config = _short_digits_config()
+  on_cpu, on_gpu = (setup.build_model(config, 10, platform) for platform in ('cpu', 'gpu'))
+  assert (on_cpu.pool_first, on_cpu.pool_by_reshape) == (True, True)
+  assert (on_gpu.pool_first, on_gpu.pool_by_reshape) == (False, False)
+  assert 'reduce_window' not in _lowered_text(on_cpu) and 'reduce_window' in _lowered_text(on_gpu)
+  config.pool_by_reshape = False  # Switched off by hand, on a CPU.
+  assert 'reduce_window' in _lowered_text(setup.build_model(config, 10, 'cpu'))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 1)), jnp.float32)
+  variables = on_cpu.init(jax.random.key(0), x)
+  np.testing.assert_allclose(on_cpu.apply(variables, x), on_gpu.apply(variables, x), rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['digits', 'resnet'])
+def test_precision_reaches_every_convolution_and_product(name):
+  config = _short_digits_config()
+  if name == 'resnet':
+    config.model = type(config.model)({'name': 'resnet_small', 'stage_sizes': (1,),
+                                       'num_filters': 4})
+  assert 'HIGHEST' not in _lowered_text(setup.build_model(config, 10))  # 'default'
+  config.precision = 'highest'
+  text = _lowered_text(setup.build_model(config, 10))
+  products = text.count('stablehlo.convolution') + text.count('stablehlo.dot_general')
+  assert products >= 6 and text.count('HIGHEST') >= products  # [HIGHEST, HIGHEST] each.

@@ -100,6 +100,9 @@ class ConvNet(nn.Module):
     use_bias: whether Conv (without batch norm) and Dense layers have a bias.
     pool_first: in training, compute conv ─► max pool ─► bias ─► activation, which equals
       conv ─► bias ─► activation ─► max pool for a monotone activation and is faster.
+    pool_by_reshape: non-overlapping pooling by reshape (see `layers.Pool`).
+    precision: of the convolutions and dense layers (None: the platform's default; 'high',
+      'highest').
     dtype: computation dtype; parameters stay float32 and logits are returned as float32.
   """
 
@@ -119,6 +122,8 @@ class ConvNet(nn.Module):
   initializer: str = 'he'
   use_bias: bool = True
   pool_first: bool = True
+  pool_by_reshape: bool = True
+  precision: str | None = None
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -143,14 +148,16 @@ class ConvNet(nn.Module):
     """
     act = layers.get_activation(self.activation)
     kernel_init = layers.get_initializer(self.initializer)
-    common = dict(dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init)
+    common = dict(dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+                  precision=self.precision)
     x = x.astype(self.dtype)
     for i, (width, b) in enumerate(zip(self.features, block_settings(self))):
       # With batch norm a conv bias is redundant: BN subtracts the mean and adds its own bias.
       conv = layers.Conv(width, b['kernel_size'], b['strides'], b['padding'],
                          use_bias=self.use_bias and not self.batch_norm, name=f'conv_{i}',
                          **common)
-      pool = layers.Pool(b['pool'], b['pool_window'], b['pool_stride'], name=f'pool_{i}')
+      pool = layers.Pool(b['pool'], b['pool_window'], b['pool_stride'],
+                         by_reshape=self.pool_by_reshape, name=f'pool_{i}')
       # Max pooling commutes with the bias and with a monotone activation, so training pools
       # first: the same numbers on a 4× smaller tensor (see layers.Conv). Evaluation keeps the
       # textbook order, so captured feature maps are each layer's true output.

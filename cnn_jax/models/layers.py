@@ -209,12 +209,16 @@ class Pool(nn.Module):
     stride: step between windows.
     padding: 'VALID', 'SAME' or explicit ((top, bottom), (left, right)) pairs, as for `nn.max_pool`.
       'avg' counts padded zeros in the mean, as `nn.avg_pool` does by default.
+    by_reshape: non-overlapping VALID pooling (window == stride) by crop + reshape + reduce, max
+      pooling with a hand-written gradient (the same values and gradients), instead of XLA's
+      reduce_window, which XLA:CPU runs as a slow loop.
   """
 
   kind: str = 'max'
   window: int = 2
   stride: int = 2
   padding: str | Sequence[tuple[int, int]] = 'VALID'
+  by_reshape: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -223,7 +227,7 @@ class Pool(nn.Module):
     if self.kind == 'none':
       return x
     w, s = self.window, self.stride
-    if w == s and self.padding == 'VALID':
+    if self.by_reshape and w == s and self.padding == 'VALID':
       return _pool_valid(x, self.kind, w)
     window, strides = (w, w), (s, s)
     if self.kind == 'max':
@@ -255,6 +259,7 @@ class Conv(nn.Module):
     dtype: computation dtype (inputs, kernel and bias are cast to it, as `nn.Conv` does).
     param_dtype: parameter dtype.
     kernel_init: kernel initialiser.
+    precision: of the convolution, as for `nn.Conv` (None: the platform's default).
   """
 
   features: int
@@ -265,6 +270,7 @@ class Conv(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  precision: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, add_bias: bool = True) -> jax.Array:
@@ -276,7 +282,8 @@ class Conv(nn.Module):
       self.param('bias', nn.initializers.zeros_init(), (self.features,), self.param_dtype)
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     y = jax.lax.conv_general_dilated(x, kernel, (self.strides, self.strides), self.padding,
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                     precision=self.precision)
     return self.add_bias(y) if add_bias else y
 
   def add_bias(self, y: jax.Array) -> jax.Array:

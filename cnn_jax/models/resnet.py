@@ -29,18 +29,21 @@ class ResidualBlock(nn.Module):
     strides: stride of the first conv (and of the projection shortcut).
     initializer: kernel initialiser name (see `layers.INITIALIZERS`).
     dtype: computation dtype.
+    precision: of the convolutions (None: the platform's default).
   """
 
   filters: int
   strides: int = 1
   initializer: str = 'he'
   dtype: Any = jnp.float32
+  precision: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Maps [B, H, W, C] to [B, H/strides, W/strides, filters]."""
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                             kernel_init=layers.get_initializer(self.initializer))
+                             kernel_init=layers.get_initializer(self.initializer),
+                             precision=self.precision)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
                              epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32)
     s = (self.strides, self.strides)
@@ -68,6 +71,8 @@ class ResNet(nn.Module):
     initializer: kernel initialiser of every Conv, one of `layers.INITIALIZERS`; the classifier
       starts at zero (`layers.HEAD_INIT`).
     dtype: computation dtype; parameters stay float32 and logits are returned as float32.
+    precision: of the convolutions and the classifier (None: the platform's default; 'high',
+      'highest').
   """
 
   num_classes: int
@@ -76,6 +81,7 @@ class ResNet(nn.Module):
   stem: str = 'imagenet'
   initializer: str = 'he'
   dtype: Any = jnp.float32
+  precision: str | None = None
 
   def __post_init__(self):
     # Check at construction, so a bad config fails in `create_model`, before any data is loaded.
@@ -98,11 +104,11 @@ class ResNet(nn.Module):
     if self.stem == 'imagenet':
       x = nn.Conv(self.num_filters, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                   dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                  name='stem_conv')(x)  # [B, H/2, W/2, F]
+                  precision=self.precision, name='stem_conv')(x)  # [B, H/2, W/2, F]
     else:
       x = nn.Conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                   dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                  name='stem_conv')(x)  # [B, H, W, F]
+                  precision=self.precision, name='stem_conv')(x)  # [B, H, W, F]
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                      dtype=self.dtype, param_dtype=jnp.float32, name='stem_bn')(x)
     x = nn.relu(x)
@@ -114,10 +120,10 @@ class ResNet(nn.Module):
       for j in range(size):
         strides = 2 if i > 0 and j == 0 else 1
         x = ResidualBlock(self.num_filters * 2**i, strides, self.initializer, self.dtype,
-                          name=f'stage{i + 1}_block{j}')(x, train)
+                          self.precision, name=f'stage{i + 1}_block{j}')(x, train)
     x = jnp.mean(x, axis=(1, 2))  # [B, C] global average pool
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=layers.HEAD_INIT, name='head')(x)
+                 kernel_init=layers.HEAD_INIT, precision=self.precision, name='head')(x)
     return x.astype(jnp.float32)  # [B, num_classes]
 
 

@@ -41,11 +41,25 @@ def model_kwargs(model_config: ml_collections.ConfigDict) -> dict:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
-  """Returns the Flax module named by config.model, for `num_classes` outputs."""
+# config.precision → the `precision` of the models' convolutions and dense layers.
+PRECISIONS = {'default': None, 'high': 'high', 'highest': 'highest'}
+# Settings that change how a model computes, not what: True, False or 'auto' (on CPU only).
+PLATFORM_TRICKS = ('pool_first', 'pool_by_reshape')
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                platform: str | None = None):
+  """Returns the Flax module named by config.model, for `num_classes` outputs, computing as
+  config.precision and the PLATFORM_TRICKS say on `platform` (None: this process's devices')."""
   kwargs = model_kwargs(config.model)
-  if 'pool_first' in models.model_fields(config.model.name):
-    kwargs['pool_first'] = config.get('pool_first', True)  # Absent from older runs' config.json.
+  fields = models.model_fields(config.model.name)
+  platform = platform or jax.devices()[0].platform
+  for trick in PLATFORM_TRICKS:
+    if trick in fields:
+      value = config.get(trick, True)  # Absent from older runs' config.json, which used them.
+      kwargs[trick] = platform == 'cpu' if value == 'auto' else value
+  if 'precision' in fields:
+    kwargs['precision'] = PRECISIONS[config.get('precision', 'default')]
   return models.create_model(config.model.name, num_classes, dtype=DTYPES[config.dtype], **kwargs)
 
 

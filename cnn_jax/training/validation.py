@@ -12,13 +12,15 @@ from cnn_jax import data, models
 from cnn_jax.training import optim
 from cnn_jax.training.cpu_kernels import CPU_KERNELS
 from cnn_jax.training.checkpoint import BEST_METRICS
+from cnn_jax.training.setup import PLATFORM_TRICKS, PRECISIONS
 from cnn_jax.errors import UserError
 
 DTYPES = ('float32', 'bfloat16')
 CLASS_NAMES_READ_BY = ('csv', 'idx')  # The sources that take config.data.class_names.
 INIT_LAYERS = ('all', 'matching')
-# Model fields set from elsewhere than config.model: the dataset, config.dtype, config.pool_first.
-GLOBAL_MODEL_FIELDS = ('num_classes', 'dtype', 'pool_first')
+# Model fields set from elsewhere than config.model: the dataset, config.dtype, config.precision
+# and config.pool_first, config.pool_by_reshape.
+GLOBAL_MODEL_FIELDS = ('num_classes', 'dtype', 'precision', 'pool_first', 'pool_by_reshape')
 
 
 def _suggest(value, allowed) -> str:
@@ -71,7 +73,9 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   _check_number(p, 'label_smoothing', config.label_smoothing, low=0, high=0.999)
   _check_choice(p, 'dtype', config.dtype, DTYPES)
   _check_choice(p, 'cpu_kernels', config.cpu_kernels, CPU_KERNELS)
-  _check_choice(p, 'pool_first', config.pool_first, (True, False))
+  for trick in PLATFORM_TRICKS:
+    _check_choice(p, trick, config[trick], (True, False, 'auto'))
+  _check_choice(p, 'precision', config.precision, tuple(PRECISIONS))
   d = config.data
   _check_number(p, 'data.image_size', d.image_size, low=0, integer=True)
   _check_choice(p, 'data.channels', d.channels, (0, 1, 3))
