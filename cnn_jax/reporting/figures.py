@@ -1,4 +1,5 @@
-"""The pictures of a run: curves, confusion matrix, first-layer filters, feature maps, mistakes.
+"""The pictures of a run: curves, confusion matrix, first-layer filters and the patches that excite
+them, feature maps, pooling, Grad-CAM maps, mistakes.
 
 Each function takes plain arrays, draws with matplotlib's Agg backend (no display needed) and
 saves a PNG. `cnn_jax.report` gathers the arrays from a workdir and calls these.
@@ -17,7 +18,7 @@ DPI = 80  # Small files: a report's PNGs total a few hundred KB.
 
 def _save(figure, path: str) -> str:
   figure.tight_layout()
-  figure.savefig(path, dpi=DPI)
+  figure.savefig(path, dpi=DPI, bbox_inches='tight')  # Titles of several lines are kept whole.
   plt.close(figure)
   return path
 
@@ -189,4 +190,125 @@ def metric_vs_values(points: dict[str, list[tuple]], kinds: dict[str, str], path
     axis.set_xlabel(key)
     axis.set_ylabel('best eval accuracy')
     axis.grid(alpha=0.3)
+  return _save(figure, path)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+  """An image [H, W, C] as [H, W] grey or [H, W, 3] colour in [0, 1], for drawing under a map."""
+  image = np.asarray(image, np.float32)
+  low, high = float(image.min()), float(image.max())
+  image = (image - low) / (high - low) if high > low else np.zeros_like(image)
+  return image[..., 0] if image.shape[-1] == 1 else image
+
+
+def _overlay(axis, image: np.ndarray, cam: np.ndarray, title: str = ''):
+  """Draws `image` in grey with a Grad-CAM map [H, W] in [0, 1] over it; returns what imshow
+  drew for the map (for a colour bar)."""
+  picture = _grey(image)
+  axis.imshow(picture, cmap='gray' if picture.ndim == 2 else None, interpolation='nearest')
+  drawn = axis.imshow(cam, cmap='jet', alpha=0.45, vmin=0, vmax=1, interpolation='bilinear')
+  axis.set_xticks([])
+  axis.set_yticks([])
+  if title:
+    axis.set_title(title, fontsize=8)
+  return drawn
+
+
+def grad_cam_grid(images: np.ndarray, cams: np.ndarray, titles: list[str], path: str,
+                  read_at: str) -> str:
+  """Test images with the Grad-CAM map of their predicted class over each, on one colour scale;
+  `read_at` says which feature maps the maps were computed from."""
+  count = max(1, len(images))
+  columns = min(count, 8)
+  rows = math.ceil(count / columns)
+  figure, axes = plt.subplots(rows, columns + 1, squeeze=False,
+                              figsize=(1.6 * columns + 0.5, 1.9 * rows + 0.4),
+                              gridspec_kw={'width_ratios': [1] * columns + [0.08]})
+  drawn = None
+  for i, axis in enumerate(axes[:, :columns].flat):
+    if i < len(images):
+      drawn = _overlay(axis, images[i], cams[i], titles[i])
+    else:
+      axis.axis('off')
+  middle = rows // 2  # The colour bar takes the last column of the middle row.
+  for row in range(rows):
+    if row != middle or drawn is None:
+      axes[row, -1].axis('off')
+  if drawn is not None:
+    colorbar = figure.colorbar(drawn, cax=axes[middle, -1])
+    colorbar.set_label('evidence (per image max = 1)', fontsize=7)
+    colorbar.ax.tick_params(labelsize=6)
+  figure.suptitle(f'Where the evidence for the predicted class lies (Grad-CAM of {read_at})',
+                  fontsize=9)
+  return _save(figure, path)
+
+
+def image_explained(image: np.ndarray, cam: np.ndarray, top: list[tuple[str, float]], path: str,
+                    read_at: str) -> str:
+  """One image, the Grad-CAM map of its predicted class over it (computed from the feature maps
+  `read_at` names), and its top probabilities."""
+  figure, (left, middle, right) = plt.subplots(1, 3, figsize=(9, 3),
+                                               gridspec_kw={'width_ratios': [1, 1, 1.3]})
+  _show(left, image, 'the image')
+  drawn = _overlay(middle, image, cam, f'evidence for {top[0][0]!r}\n(Grad-CAM of {read_at})')
+  figure.colorbar(drawn, ax=middle, fraction=0.046).ax.tick_params(labelsize=6)
+  names, probabilities = zip(*top)
+  right.barh(range(len(top)), probabilities, color='tab:blue')
+  right.set_yticks(range(len(top)), names, fontsize=8)
+  right.invert_yaxis()
+  right.set_xlim(0, 1)
+  right.set_xlabel('probability')
+  right.set_title(f'predicted {names[0]!r} ({probabilities[0]:.1%})', fontsize=9)
+  for y, p in enumerate(probabilities):
+    right.text(min(p + 0.02, 0.8), y, f'{p:.1%}', va='center', fontsize=7)
+  return _save(figure, path)
+
+
+def strongest_patches(kernel: np.ndarray, patches: np.ndarray, path: str, title: str) -> str:
+  """Per first-layer filter: its weights, then the input patches that excite it most.
+
+  Args:
+    kernel: [k, k, C_in, F].
+    patches: [F, count, k, k, C_in] raw input windows, strongest first.
+  """
+  filters, count = patches.shape[:2]
+  groups = min(filters, 4)  # Filters side by side, each (1 + count) panels wide.
+  rows = math.ceil(filters / groups)
+  width = 1 + count
+  figure, axes = plt.subplots(rows, groups * width, squeeze=False,
+                              figsize=(0.95 * groups * width, 1.05 * rows + 0.5))
+  for f in range(rows * groups):
+    row, group = divmod(f, groups)
+    panels = axes[row, group * width:(group + 1) * width]
+    if f >= filters:
+      for axis in panels:
+        axis.axis('off')
+      continue
+    weights = kernel[..., f]
+    _show(panels[0], weights if weights.shape[-1] in (1, 3) else weights.mean(-1, keepdims=True),
+          f'filter {f}')
+    for j in range(count):
+      _show(panels[1 + j], patches[f, j], 'strongest' if j == 0 else f'#{j + 1}')
+  figure.suptitle(title, fontsize=9)
+  return _save(figure, path)
+
+
+def pooling(before: np.ndarray, pooled: dict[str, np.ndarray], path: str, title: str,
+            window: int = 2) -> str:
+  """One feature map (`title` names it), then max, average and L2 pooling of it, on one stated
+  colour scale."""
+  maps = [(f'{title}\nbefore pooling', before)] + [
+      (f'{name} pool {window}×{window}/{window}', values) for name, values in pooled.items()]
+  low = min(float(m.min()) for _, m in maps)
+  high = max(float(m.max()) for _, m in maps)
+  high = high if high > low else low + 1.0
+  figure, axes = plt.subplots(1, len(maps) + 1, figsize=(2.3 * len(maps) + 0.6, 2.8),
+                              gridspec_kw={'width_ratios': [1] * len(maps) + [0.07]})
+  drawn = None
+  for axis, (name, values) in zip(axes, maps):
+    drawn = axis.imshow(values, cmap='viridis', vmin=low, vmax=high, interpolation='nearest')
+    axis.set_title(f'{name}\n{"×".join(map(str, values.shape))}', fontsize=8)
+    axis.set_xticks([])
+    axis.set_yticks([])
+  figure.colorbar(drawn, cax=axes[-1]).ax.tick_params(labelsize=6)
   return _save(figure, path)

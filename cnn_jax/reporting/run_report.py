@@ -1,9 +1,12 @@
 """A run's report, for `python -m cnn_jax.report`: W/report/index.html with PNG figures beside it.
 
-Training curves, the confusion matrix and per-class accuracy, the first layer's filters, the
-feature maps of every conv and pooling layer for one image, and the most confidently wrong
-examples, with the config, the model summary and the final metrics; for a sweep's workdir, its
-leaderboard and the metric against each swept value. Everything comes from the workdir.
+Training curves, the confusion matrix with per-class precision, recall and F1, the first layer's
+filters and the image patches that excite each most, the feature maps of every conv and pooling
+layer for one image, one of them pooled three ways (max, average, L2), Grad-CAM maps of where
+the evidence for each prediction lies (and, for --image, that image explained), and the most
+confidently wrong examples, with the config, the model summary and the final metrics; for a
+sweep's workdir, its leaderboard and the metric against each swept value. Everything comes from
+the workdir.
 """
 
 import html
@@ -19,10 +22,15 @@ from cnn_jax.models import layers, summary
 from cnn_jax.reporting import figures
 from cnn_jax.runtime.writers import read_metrics
 from cnn_jax.sweeps.leaderboard import SWEEP_FILE
-from cnn_jax.training import inference
+from cnn_jax.training import inference, saliency
 
 MAX_FEATURE_LAYERS = 12  # Rows of the feature-map figure; a ResNet has dozens of layers.
 NUM_MISTAKES = 12
+CAM_CLASSES, CAM_PER_CLASS = 10, 2  # Grad-CAM panels: the first images of the first classes.
+PATCH_SEARCH = 2_000  # Images searched for the patches that excite each first-layer filter.
+PATCHES_PER_FILTER = 3
+PATCH_FILTERS = 16  # Filters shown with their patches: a legible figure.
+TOP_CLASSES = 5  # Probabilities shown beside an explained --image.
 
 
 def _capture(trained, image: np.ndarray, layer_names: list[str]) -> list[tuple[str, np.ndarray]]:
@@ -59,6 +67,77 @@ def _mistake_panels(examples, logits: np.ndarray, class_names) -> tuple[np.ndarr
   titles = [f'true {class_names[examples.labels[i]]}\npredicted {class_names[predicted[i]]} '
             f'({probabilities[i, predicted[i]]:.0%})' for i in worst]
   return examples.images[worst], titles
+
+
+def _per_class(labels: np.ndarray, classes: int, per_class: int) -> np.ndarray:
+  """Indices of the first `per_class` examples of each of the first `classes` classes."""
+  return np.asarray([i for c in range(classes) for i in np.flatnonzero(labels == c)[:per_class]],
+                    np.int64)
+
+
+def _explanations(trained, examples, examples_name, logits, rows, shown, normalised, image_path,
+                  path):
+  """The report's sections that explain the model: Grad-CAM maps (and --image explained), the
+  patches that excite the first layer's filters most, and pooling shown on one feature map."""
+  names = trained.info.class_names
+  target = saliency.cam_target(trained.model, trained.variables, trained.info.image_shape)
+  probabilities = inference.softmax(logits)
+  predicted = probabilities.argmax(-1)
+  picks = _per_class(examples.labels, min(CAM_CLASSES, len(names)), CAM_PER_CLASS)
+  cams = saliency.grad_cam(trained.model, trained.variables,
+                           trained.normalizer(examples.images[picks]), predicted[picks], target)
+  titles = [f'true {names[examples.labels[i]]}\npredicted {names[predicted[i]]} '
+            f'({probabilities[i, predicted[i]]:.0%})' for i in picks]
+  sections = [(f'Grad-CAM: where the evidence for the predicted class lies (read at '
+               f'{target.description}, {"×".join(map(str, target.shape))}; red: strongest)',
+               figures.grad_cam_grid(examples.images[picks], cams, titles, path('grad_cam.png'),
+                                     target.description))]
+  if image_path:
+    image_logits = np.asarray(trained.model.apply(trained.variables, normalised[None],
+                                                  train=False))
+    image_probabilities = inference.softmax(image_logits)[0]
+    order = np.argsort(-image_probabilities)[:TOP_CLASSES]
+    cam = saliency.grad_cam(trained.model, trained.variables, normalised[None], order[:1],
+                            target)[0]
+    top = [(names[k], float(image_probabilities[k])) for k in order]
+    sections.insert(0, (f'{os.path.basename(image_path)}: the prediction and its evidence',
+                        figures.image_explained(shown, cam, top, path('image_explained.png'),
+                                                target.description)))
+  first_conv = next(r for r in rows if r.kind == 'Conv')
+  sample = examples.images[:PATCH_SEARCH]
+  outputs = saliency.layer_outputs(trained.model, trained.variables,
+                                   trained.normalizer(sample), first_conv.name)
+  outputs = outputs[..., :PATCH_FILTERS]
+  patches = saliency.strongest_patches(sample, outputs, first_conv, PATCHES_PER_FILTER)
+  kernel = np.asarray(_params_of(trained, first_conv.name)['kernel'])[..., :PATCH_FILTERS]
+  sections.append((f'What the filters of {first_conv.name} look for: each one\'s weights, then '
+                   f'the {PATCHES_PER_FILTER} patches of {len(sample):,} {examples_name} images '
+                   'that excite it most' + (f' (the first {PATCH_FILTERS} filters)'
+                                            if first_conv.output_shape[-1] > PATCH_FILTERS else ''),
+                   figures.strongest_patches(kernel, patches, path('patches.png'),
+                                             f'{first_conv.name}: filters and their strongest '
+                                             'input patches')))
+  activation = layers.get_activation(trained.config.model.get('activation', 'relu'))
+  maps = np.asarray(activation(_capture(trained, normalised, [first_conv.name])[0][1]))
+  channel = int(np.argmax(maps.reshape(-1, maps.shape[-1]).std(0)))  # The most varied map.
+  window = 2 if min(maps.shape[:2]) >= 4 else 1
+  if window > 1:
+    sections.append((f'Pooling one feature map ({first_conv.name}, channel {channel}, after the '
+                     'activation) three ways, on one colour scale: max keeps the strongest '
+                     'response of each window, average its mean, L2 the root of its sum of '
+                     'squares',
+                     figures.pooling(maps[..., channel], saliency.pooled_three_ways(
+                         maps[..., channel], window), path('pooling.png'),
+                         f'{first_conv.name}, channel {channel}', window)))
+  return sections
+
+
+def _params_of(trained, layer: str) -> dict:
+  """The parameters of the module at path `layer` ('stage1_block0/conv_0')."""
+  node = trained.variables['params']
+  for part in layer.split('/'):
+    node = node[part]
+  return node
 
 
 def build_sweep_report(workdir: str) -> str:
@@ -117,9 +196,7 @@ def build_report(workdir: str, which: str = 'latest', image_path: str | None = N
   metrics = inference.evaluation_report(trained, split, examples.labels, logits)
   rows = summary.summarize(trained.model, trained.info.image_shape, trained.variables)
   first_conv = next(r for r in rows if r.kind == 'Conv')
-  kernel = trained.variables['params']
-  for part in first_conv.name.split('/'):
-    kernel = kernel[part]
+  kernel = _params_of(trained, first_conv.name)
   filters_shape = (f'{kernel["kernel"].shape[-1]} filters of '
                    f'{"×".join(map(str, kernel["kernel"].shape[:3]))}')  # kh×kw×C_in
   shown, normalised = _feature_map_input(trained, examples, image_path)
@@ -141,6 +218,8 @@ def build_report(workdir: str, which: str = 'latest', image_path: str | None = N
                             path('feature_maps.png'))),
       ('Most confidently wrong', figures.mistakes(bad_images, bad_titles, path('mistakes.png'))),
   ]
+  sections[3:3] = _explanations(trained, examples, repr(split), logits, rows, shown, normalised,
+                                image_path, path)
   index = path('index.html')
   with open(index, 'w', encoding='utf-8') as f:
     f.write(_html(trained, metrics, summary.format_summary(rows), sections,
