@@ -2,16 +2,19 @@
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from cnn_jax.reporting import run_report
 from cnn_jax.sweeps import space as sweep_space
+from cnn_jax.sweeps.leaderboard import OPTUNA_FIGURES
 from cnn_jax.training.validation import validate_config
 from cnn_jax.errors import UserError
 from cnn_jax.runtime.writers import read_metrics
@@ -56,15 +59,22 @@ def test_a_2x2_grid_runs_every_point_and_writes_its_results(tmp_path):
   best = load_config_file(tmp_path / 'best_config.py')
   validate_config(best)
   assert best.model.features == [int(rows[0]['model.features'])]
-  with Image.open(tmp_path / 'sweep.png') as image:
-    assert min(image.size) > 150
+  for name in OPTUNA_FIGURES:  # Optuna's own plots of the study.
+    with Image.open(tmp_path / name) as image:
+      assert min(image.size) > 150
+      assert np.asarray(image.convert('L'), np.float32).std() > 10, f'{name} is blank'
   assert _sweep(tmp_path, *GRID).count('\ntrial ') == 0  # Re-running repeats nothing.
   page = (tmp_path / 'report' / 'index.html')
   assert run_report.build_report(str(tmp_path)) == str(page)  # A sweep's workdir: its own report.
   text = page.read_text()
-  assert text.count('<tr>') == 5 and 'src="sweep.png"' in text  # Header + one row per trial.
-  with Image.open(tmp_path / 'report' / 'sweep.png') as image:
-    image.verify()
+  assert text.count('<tr>') == 5  # Header + one row per trial.
+  assert re.findall(r'<img src="([^"]+)"', text) == list(OPTUNA_FIGURES)
+  # The search space as it was written, not as cnn_jax parsed it.
+  assert '<code>model.features=[8,16]</code>' in text and 'Param(' not in text
+  # Each trial's swept values and results, for TensorBoard's HParams view.
+  events = list((tmp_path / 'trials' / '0000' / 'tensorboard' / 'hparams').iterdir())
+  recorded = b''.join(path.read_bytes() for path in events)
+  assert b'model.features' in recorded and b'hparam/best_eval_accuracy' in recorded
 
 
 def load_config_file(path):

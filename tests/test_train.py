@@ -118,8 +118,14 @@ def test_a_run_writes_metrics_config_and_versions(tmp_path):
     assert json.load(f)['num_steps'] == 30
   with open(os.path.join(workdir, 'versions.json'), encoding='utf-8') as f:
     assert json.load(f)['jax'] == jax.__version__
-  assert any(name.startswith('events.out.tfevents')
-             for name in os.listdir(os.path.join(workdir, 'tensorboard')))
+  # TensorBoard: one run per split, as Keras writes them, so train and validation overlay.
+  for run, tags in (('train', (b'loss', b'accuracy', b'learning_rate')),
+                    ('validation', (b'loss', b'accuracy')), ('test', (b'loss', b'accuracy'))):
+    events = os.listdir(os.path.join(workdir, 'tensorboard', run))
+    assert len(events) == 1 and events[0].startswith('events.out.tfevents')
+    with open(os.path.join(workdir, 'tensorboard', run, events[0]), 'rb') as f:
+      recorded = f.read()
+    assert all(tag in recorded for tag in tags) and b'train/' not in recorded
 
 
 def test_digits_default_learns_far_above_chance(tmp_path):

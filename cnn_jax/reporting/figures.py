@@ -167,32 +167,6 @@ def mistakes(images: np.ndarray, titles: list[str], path: str) -> str:
   return _save(figure, path)
 
 
-def metric_vs_values(points: dict[str, list[tuple]], kinds: dict[str, str], path: str,
-                     orders: dict[str, list[str]] | None = None) -> str:
-  """One panel per swept key: best eval accuracy of each trial against the key's value.
-
-  Lists of values are spaced evenly in their given order (`orders[key]`, as strings);
-  log-uniform ranges get a log axis.
-  """
-  keys = list(points)
-  figure, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
-  for axis, key in zip(axes[0], keys):
-    xs = [x for x, _ in points[key]]
-    ys = [y for _, y in points[key]]
-    if kinds[key] == 'choice':
-      labels = list((orders or {}).get(key) or dict.fromkeys(map(str, xs)))
-      axis.scatter([labels.index(str(x)) for x in xs], ys)
-      axis.set_xticks(range(len(labels)), labels)
-    else:
-      axis.scatter(xs, ys)
-      if kinds[key] == 'loguniform':
-        axis.set_xscale('log')
-    axis.set_xlabel(key)
-    axis.set_ylabel('best eval accuracy')
-    axis.grid(alpha=0.3)
-  return _save(figure, path)
-
-
 def _grey(image: np.ndarray) -> np.ndarray:
   """An image [H, W, C] as [H, W] grey or [H, W, 3] colour in [0, 1], for drawing under a map."""
   image = np.asarray(image, np.float32)

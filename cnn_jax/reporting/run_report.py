@@ -21,7 +21,7 @@ from cnn_jax.errors import UserError
 from cnn_jax.models import layers, summary
 from cnn_jax.reporting import figures
 from cnn_jax.runtime.writers import read_metrics
-from cnn_jax.sweeps.leaderboard import SWEEP_FILE
+from cnn_jax.sweeps.leaderboard import OPTUNA_FIGURES, SWEEP_FILE
 from cnn_jax.training import inference, saliency
 
 MAX_FEATURE_LAYERS = 12  # Rows of the feature-map figure; a ResNet has dozens of layers.
@@ -141,8 +141,8 @@ def _params_of(trained, layer: str) -> dict:
 
 
 def build_sweep_report(workdir: str) -> str:
-  """For a sweep's workdir: the leaderboard and the metric against each swept value."""
-  table, plot = os.path.join(workdir, 'leaderboard.md'), os.path.join(workdir, 'sweep.png')
+  """For a sweep's workdir: the search space as written, the leaderboard and Optuna's figures."""
+  table = os.path.join(workdir, 'leaderboard.md')
   if not os.path.exists(table):
     raise UserError(f'{workdir} is a sweep without results yet; run its cnn_jax.sweep command '
                     'to the end first.')
@@ -153,12 +153,14 @@ def build_sweep_report(workdir: str) -> str:
   header, body = rows[0], rows[2:]
   cells = lambda row, tag: ''.join(f'<{tag}>{html.escape(c.strip())}</{tag}>' for c in row)
   figures_html = ''
-  if os.path.exists(plot):
-    shutil.copy(plot, os.path.join(out, 'sweep.png'))
-    figures_html = ('<h2>Best eval accuracy against each swept value</h2>'
-                    '<img src="sweep.png" alt="metric against swept values">')
+  for name, title in OPTUNA_FIGURES.items():  # Those the sweep could draw.
+    if os.path.exists(os.path.join(workdir, name)):
+      shutil.copy(os.path.join(workdir, name), os.path.join(out, name))
+      figures_html += f'<h2>{html.escape(title)}</h2><img src="{name}" alt="{html.escape(title)}">'
   with open(os.path.join(workdir, SWEEP_FILE), encoding='utf-8') as f:
     definition = json.load(f)
+  # As written on the command line; sweeps recorded before that was kept show their parsed form.
+  swept = definition.get('search_space') or definition['sweep']
   index = os.path.join(out, 'index.html')
   with open(index, 'w', encoding='utf-8') as f:
     f.write(f'''<!doctype html>
@@ -166,8 +168,9 @@ def build_sweep_report(workdir: str) -> str:
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} img{{max-width:100%}}
 td,th{{padding:0 .8em;text-align:right}}</style></head><body>
 <h1>Sweep {html.escape(os.path.basename(os.path.abspath(workdir)))}</h1>
-<p>Sampler {html.escape(str(definition["sampler"]))}; swept: {html.escape("; ".join(definition["sweep"]))}.
-Each trial's own report: <code>python -m cnn_jax.report --workdir TRIAL_WORKDIR</code>.</p>
+<p>Sampler {html.escape(str(definition["sampler"]))}; search space:
+{"".join(f"<br><code>{html.escape(text)}</code>" for text in swept)}</p><p>
+Each trial's own report: <code>cnn-jax report --workdir TRIAL_WORKDIR</code>.</p>
 <h2>Leaderboard</h2><table><tr>{cells(header, "th")}</tr>
 {"".join(f"<tr>{cells(row, 'td')}</tr>" for row in body)}</table>
 {figures_html}

@@ -1,12 +1,18 @@
 """Metrics to `workdir/metrics.jsonl` (one JSON object per line) and TensorBoard event files.
 
-tensorboardX writes the event files, so TensorBoard curves need no TensorFlow at train time.
+tensorboardX writes the event files, so TensorBoard curves need no TensorFlow at train time. As
+Keras does, each split is a run of its own (`tensorboard/train`, `tensorboard/validation`, and
+`tensorboard/test`) with the same tags ('loss', 'accuracy'), so TensorBoard draws train and
+validation on the same chart.
 """
 
 import json
 import os
 import time
 from typing import Mapping
+
+# The TensorBoard run of each split the loop writes: 'eval' is the split choices are made on.
+TENSORBOARD_RUNS = {'train': 'train', 'eval': 'validation', 'test': 'test'}
 
 
 class MetricWriter:
@@ -27,11 +33,12 @@ class MetricWriter:
       return
     _truncate_after(workdir, resume_step)
     self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
-    self._tb = None
+    self._tb = {}
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
-                               purge_step=resume_step + 1)
+      self._tb = {split: SummaryWriter(os.path.join(workdir, 'tensorboard', run),
+                                       purge_step=resume_step + 1)
+                  for split, run in TENSORBOARD_RUNS.items()}
 
   def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
     """Records `scalars` of `split` ('train' or 'eval') at training step `step`."""
@@ -41,9 +48,10 @@ class MetricWriter:
     record.update({k: float(v) for k, v in scalars.items()})
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
-    if self._tb is not None:
+    if split in self._tb:
       for key, value in scalars.items():
-        self._tb.add_scalar(f'{split}/{key}', float(value), int(step))
+        if key != 'count':  # How many examples: not a curve.
+          self._tb[split].add_scalar(key, float(value), int(step))
 
   def elapsed(self) -> float:
     """Seconds of training recorded so far, resumed runs included."""
@@ -54,8 +62,23 @@ class MetricWriter:
     if not self._enabled:
       return
     self._jsonl.close()
-    if self._tb is not None:
-      self._tb.close()
+    for writer in self._tb.values():
+      writer.close()
+
+
+def write_hparams(workdir: str, values: Mapping[str, object], metrics: Mapping[str, float]) -> None:
+  """Records a sweep trial's swept values and results for TensorBoard's HParams view
+  (`tensorboard/hparams` of its workdir): one row per trial over a sweep's trials."""
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  from tensorboardX.summary import hparams  # pylint: disable=g-import-not-at-top
+  shown = {key: value if isinstance(value, (bool, int, float, str)) else str(value)
+           for key, value in values.items()}
+  results = {f'hparam/{key}': float(value) for key, value in metrics.items()}
+  with SummaryWriter(os.path.join(workdir, 'tensorboard', 'hparams')) as writer:
+    for summary in hparams(shown, results):  # The experiment, and this trial's session.
+      writer.file_writer.add_summary(summary)
+    for key, value in results.items():
+      writer.add_scalar(key, value)
 
 
 def _truncate_after(workdir: str, step: int) -> None:

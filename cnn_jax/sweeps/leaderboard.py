@@ -1,8 +1,12 @@
-"""A sweep's results: one row per trial, as CSV and Markdown, the best config, and plots."""
+"""A sweep's results: one row per trial, as CSV and Markdown, the best config, and Optuna's
+figures of the study."""
 
 import csv
 import json
 import os
+import warnings
+
+import numpy as np
 
 from cnn_jax.sweeps import space as sweep_space
 
@@ -77,10 +81,61 @@ def write_best_config(row: dict, config, params, path: str) -> None:
             f"  return ml_collections.ConfigDict(json.loads(r'''{text}'''))\n")
 
 
-def plot(rows: list[dict], params, path: str) -> str:
-  """The best eval accuracy of each finished trial against each swept value."""
-  from cnn_jax.reporting import figures  # pylint: disable=g-import-not-at-top
-  points = {p.key: [(row[p.key], row['best_eval_accuracy']) for row in rows
-                    if row['best_eval_accuracy'] is not None] for p in params}
-  orders = {p.key: [str(v) for v in p.values] for p in params if p.kind == 'choice'}
-  return figures.metric_vs_values(points, {p.key: p.kind for p in params}, path, orders)
+# Optuna's own figures of a sweep, in the order the sweep's page shows them: file → title.
+OPTUNA_FIGURES = {
+    'history.png': 'Optimisation history: each trial\'s best eval accuracy, and the best so far',
+    'slice.png': 'Best eval accuracy against each swept value',
+    'importances.png': 'Which swept keys mattered (fANOVA importance)',
+    'parallel.png': 'Parallel coordinates: every finished trial across the swept keys',
+}
+
+
+def _readable_study(study, params):
+  """The study's finished trials in a study in memory, with each list choice as written (the
+  study itself stores the index of a choice)."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  labels = {p.key: [json.dumps(v) if not isinstance(v, str) else v for v in p.values]
+            for p in params if p.kind == 'choice'}
+  shown = optuna.create_study(direction='maximize')
+  for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+    values, distributions = dict(trial.params), dict(trial.distributions)
+    for key, names in labels.items():
+      if key in values:
+        values[key] = names[values[key]]
+        distributions[key] = optuna.distributions.CategoricalDistribution(names)
+    shown.add_trial(optuna.trial.create_trial(params=values, distributions=distributions,
+                                              value=trial.value))
+  return shown
+
+
+def optuna_figures(study, params, directory: str) -> dict[str, str | None]:
+  """Draws OPTUNA_FIGURES into `directory` with Optuna's matplotlib plots; returns, per file,
+  None if drawn, else why not (a plot that needs more finished trials than there are)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import optuna  # pylint: disable=g-import-not-at-top
+  from optuna.visualization import matplotlib as plots  # pylint: disable=g-import-not-at-top
+  shown = _readable_study(study, params)
+  draw = {'history.png': plots.plot_optimization_history, 'slice.png': plots.plot_slice,
+          'importances.png': plots.plot_param_importances,
+          'parallel.png': plots.plot_parallel_coordinate}
+  outcome = {}
+  for name, plot in draw.items():
+    path = os.path.join(directory, name)
+    if os.path.exists(path):
+      os.remove(path)  # A figure of earlier results must not outlive them.
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+      try:
+        axes = plot(shown, target_name='best eval accuracy')
+      except (ValueError, RuntimeError) as e:
+        outcome[name] = str(e).split('\n', 1)[0]
+        continue
+    figure = np.asarray(axes).flat[0].figure
+    figure.set_size_inches(max(figure.get_size_inches()[0], 7), 4.5)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80, bbox_inches='tight')
+    plt.close(figure)
+    outcome[name] = None
+  return outcome

@@ -3,6 +3,7 @@ study, run trials (alone, several in one population, or in worker processes) and
 results. See `cnn_jax/sweep.py` for the command and its flags.
 """
 
+import ast
 import contextlib
 import dataclasses
 import json
@@ -15,7 +16,7 @@ import optuna
 
 from cnn_jax import cli
 from cnn_jax.errors import UserError
-from cnn_jax.runtime import signals
+from cnn_jax.runtime import signals, writers
 from cnn_jax.runtime.writers import read_metrics
 from cnn_jax.sweeps import leaderboard, space, study as studies
 from cnn_jax.sweeps.leaderboard import SWEEP_FILE
@@ -89,7 +90,13 @@ def _record_finished(trial, workdir: str, test_split: str | None) -> float:
   if test_split:
     trial.set_user_attr('test_accuracy',
                         inference.evaluate_workdir(workdir, 'best', test_split)['accuracy'])
-  return max(r['accuracy'] for r in evals)
+  best = max(r['accuracy'] for r in evals)
+  results = {'best_eval_accuracy': best, 'final_eval_accuracy': evals[-1]['accuracy']}
+  if 'test_accuracy' in trial.user_attrs:
+    results['test_accuracy'] = trial.user_attrs['test_accuracy']
+  swept = json.loads(trial.user_attrs.get('values', '{}'))  # {key: repr(value)}
+  writers.write_hparams(workdir, {k: ast.literal_eval(v) for k, v in swept.items()}, results)
+  return best
 
 
 def run_population(trials, base_config, params, sweep_dir: str,
@@ -223,11 +230,16 @@ def check_population(params, pruner: str) -> None:
 
 
 def same_sweep(workdir: str, definition: dict) -> None:
+  """Records the sweep's definition in its workdir, or refuses a workdir that holds another.
+
+  The search space as written ('search_space') is for reading only: sweeps recorded without it
+  continue."""
   path = os.path.join(workdir, SWEEP_FILE)
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       saved = json.load(f)
-    if saved != definition:
+    identity = lambda d: {k: v for k, v in d.items() if k != 'search_space'}
+    if identity(saved) != identity(definition):
       raise UserError(f'{workdir} holds another sweep ({saved}); use a new --workdir, or the same '
                       f'--config, --sweep, --sampler and --trials to continue it.')
   else:
@@ -248,7 +260,9 @@ def write_results(study, config, params, workdir: str) -> list[dict]:
   if finished:
     leaderboard.write_best_config(finished[0], config, params,
                                   os.path.join(workdir, 'best_config.py'))
-    leaderboard.plot(rows, params, os.path.join(workdir, 'sweep.png'))
+    for name, problem in leaderboard.optuna_figures(study, params, workdir).items():
+      if problem:
+        print(f'{name}: not drawn ({problem}).', flush=True)
     print(f'\nBest: trial {finished[0]["trial"]} with eval accuracy '
           f'{finished[0]["best_eval_accuracy"]:.2%}, in {finished[0]["workdir"]}; its config is '
           f'{os.path.join(workdir, "best_config.py")}.')
@@ -265,7 +279,8 @@ def run(config, sweep: Sweep, argv: list[str]) -> None:
   if sweep.population > 1:
     check_population(params, sweep.pruner)
   same_sweep(sweep.workdir, {'config': json.loads(config.to_json_best_effort()),
-                             'sweep': [repr(p) for p in params], 'sampler': sweep.sampler,
+                             'sweep': [repr(p) for p in params],
+                             'search_space': [p.text for p in params], 'sampler': sweep.sampler,
                              'trials': sweep.trials if sweep.sampler != 'grid' else None})
   if sweep.worker and os.environ.get(PARENT_ENV):  # Started by a sweep on this machine.
     signals.stop_with_parent(int(os.environ[PARENT_ENV]))

@@ -35,6 +35,9 @@ class Param:
   values: tuple = ()  # kind 'choice'
   low: float = 0.0
   high: float = 0.0
+  # As the user wrote it ('optimizer.learning_rate=loguniform(1e-4,1e-1)'), for the pages that
+  # show the sweep; not part of what the Param is.
+  text: str = dataclasses.field(default='', compare=False, repr=False)
 
 
 def parse(text: str) -> Param:
@@ -63,13 +66,13 @@ def parse(text: str) -> Param:
       if not low < high or (kind == 'loguniform' and low <= 0):
         raise ValueError(f'{kind} needs low < high' + (' and low > 0' if kind == 'loguniform'
                                                        else ''))
-      return Param(key, kind, low=low, high=high)
+      return Param(key, kind, low=low, high=high, text=text.strip())
     values = ast.literal_eval(spec)
   except (ValueError, SyntaxError) as e:
     raise UserError(f'--sweep {text!r}: cannot read {spec!r} ({e}).') from None
   if not isinstance(values, (list, tuple)) or not values:
     raise UserError(f'--sweep {text!r}: a list of values is written [a,b,c].')
-  return Param(key, 'choice', values=tuple(values))
+  return Param(key, 'choice', values=tuple(values), text=text.strip())
 
 
 def _field(config: ml_collections.ConfigDict, key: str):
