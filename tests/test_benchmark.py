@@ -1,15 +1,33 @@
 """The benchmark tool measures real steps and reports every figure."""
 
+import json
+import subprocess
+import sys
+import time
+
 from cnn_jax.benchmarks import throughput
 from conftest import load_config
 
 
 def test_benchmark_reports_compile_time_and_throughput():
   config = load_config('digits')
-  results = throughput.measure(config, num_steps=3, warmup=1, real_data=True)
-  assert set(results) == {'load_images_per_s', 'host_batches_images_per_s', 'train_compile_s', 'train_images_per_s',
+  started = time.perf_counter()
+  results = throughput.measure(config, num_steps=3, warmup=1, real_data=True, started=started)
+  assert set(results) == {'load_images_per_s', 'host_batches_images_per_s', 'train_compile_s',
+                          'first_step_s', 'train_images_per_s', 'train_loop_images_per_s',
                           'eval_compile_s', 'eval_images_per_s'}
   assert all(value > 0 for value in results.values())
+  # The first step waits for the compilation, and everything waits less than the whole call.
+  assert results['train_compile_s'] < results['first_step_s'] < time.perf_counter() - started
+
+
+def test_the_command_prints_the_real_loop_beside_the_device_fed_rate():
+  result = subprocess.run([sys.executable, '-m', 'cnn_jax.benchmark', '--config', 'digits',
+                           '--steps', '3', '--warmup', '1', '--json'], capture_output=True,
+                          text=True, timeout=300, check=True)
+  results = json.loads(result.stdout.splitlines()[-1])
+  assert results['train_loop_images_per_s'] > 0 and results['train_images_per_s'] > 0
+  assert 0 < results['train_compile_s'] < results['first_step_s']
 
 
 def test_benchmark_times_a_stream_alone():

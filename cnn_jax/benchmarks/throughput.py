@@ -3,15 +3,18 @@ jitted train and eval steps, the input pipeline alone, the PyTorch reference on 
 and the time to a target accuracy. See `cnn_jax/benchmark.py` for the command and its flags.
 """
 
+import itertools
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cnn_jax import data, models
 from cnn_jax.benchmarks import time_to_accuracy, torch_reference
-from cnn_jax.training import cpu_kernels, setup, steps
+from cnn_jax.runtime import distributed
+from cnn_jax.training import cpu_kernels, loop, setup, steps
 from cnn_jax.training.augment import Augmentation
 from cnn_jax.training.validation import validate_config
 
@@ -72,10 +75,13 @@ def _streamed_batches(config, spec, num_steps: int) -> tuple[list, dict[str, flo
 
 
 def measure(config, num_steps: int, warmup: int, real_data: bool,
-            inputs: tuple[list, dict] | None = None) -> dict[str, float]:
+            inputs: tuple[list, dict] | None = None,
+            started: float | None = None) -> dict[str, float]:
   """Returns compile seconds and images/s of the train and eval steps for `config`.
 
   `inputs`: `host_batches(config, num_steps, real_data)`, when another measurement shares them.
+  `started`: the command's start (`time.perf_counter()`), for 'first_step_s', the wait until the
+  first train step is done.
   """
   validate_config(config)
   info = data.describe_dataset(setup.data_spec(config))
@@ -96,9 +102,14 @@ def measure(config, num_steps: int, warmup: int, real_data: bool,
   results['train_compile_s'] = time.perf_counter() - start
   for i in range(warmup):
     state, _ = train_step(state, batches[i % len(batches)])
+    if i == 0 and started is not None:
+      jax.block_until_ready(state)
+      results['first_step_s'] = time.perf_counter() - started
   jax.block_until_ready(state)  # Dispatch is asynchronous: keep warm-up out of the timed steps.
   elapsed, (state, _) = _timed(_run, train_step, state, batches, num_steps)
   results['train_images_per_s'] = num_steps * size / elapsed
+  state, results['train_loop_images_per_s'] = _time_the_loop(
+      config, model, tx, state, host, num_steps, warmup, real_data, options)
 
   eval_step = steps.make_eval_step(model)
   eval_batch = {'image': jnp.zeros((eval_size, *info.image_shape), jnp.float32),
@@ -111,6 +122,32 @@ def measure(config, num_steps: int, warmup: int, real_data: bool,
   elapsed, _ = _timed(lambda: [eval_step(state, eval_batch) for _ in range(num_steps)])
   results['eval_images_per_s'] = num_steps * eval_size / elapsed
   return results
+
+
+def _time_the_loop(config, model, tx, state, host: list[dict], num_steps: int, warmup: int,
+                   real_data: bool, options) -> tuple[object, float]:
+  """Images/s of the training loop's own step runner (`loop.HostBatches`): each step's batch
+  assembled on the host (from the dataset, with --data real) and transferred, as training does,
+  where the train figure above feeds batches already on the device."""
+  mesh = Mesh(np.asarray(jax.devices()), ('data',))
+  sharding = NamedSharding(mesh, PartitionSpec('data'))
+  if real_data and not config.data.stream:
+    dataset = data.load_dataset(setup.data_spec(config), config.data.train_split,
+                                config.data.eval_split)
+    batches = loop.device_train_batches(dataset, config.batch_size, config.seed, 0, sharding)
+  else:  # Synthetic batches, or those a stream gave: the same host arrays, transferred each step.
+    batches = (distributed.to_global(host[i % len(host)], sharding) for i in itertools.count())
+  runner = loop.HostBatches(steps.train_step_fn(model, tx, config.label_smoothing,
+                                                Augmentation(**config.augment)),
+                            batches, options)
+  for i in range(warmup):
+    state, _ = runner(state, i, 1)
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for i in range(num_steps):
+    state, _ = runner(state, warmup + i, 1)
+  jax.block_until_ready(state)
+  return state, num_steps * config.batch_size / (time.perf_counter() - start)
 
 
 def _run(train_step, state, batches, num_steps):
