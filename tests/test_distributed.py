@@ -139,3 +139,39 @@ def test_bfloat16_trains_digits_above_the_same_bar(tmp_path):
   config = load_config('digits')
   config.dtype, config.progress_bar = 'bfloat16', False
   assert train.train_and_evaluate(config, str(tmp_path))['accuracy'] >= 0.97
+
+
+def test_processes_given_different_workdirs_stop_with_a_message_instead_of_waiting(tmp_path):
+  port = portpicker.pick_unused_port()
+  processes = [subprocess.Popen(
+      _command(tmp_path / f'run_{i}', f'--coordinator_address=127.0.0.1:{port}',
+               '--num_processes=2', f'--process_id={i}'), cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True,
+      env=dict(os.environ, JAX_PLATFORMS='cpu',
+               XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+               for i in range(2)]
+  outputs = [p.communicate(timeout=120) for p in processes]
+  assert [p.returncode for p in processes] == [2, 2], outputs
+  for _, err in outputs:
+    assert 'the processes were given different workdirs' in err and 'run_1' in err
+  assert not os.path.exists(tmp_path / 'run_0' / 'checkpoints')  # Refused before any work.
+
+
+def test_a_workdir_url_is_refused_rather_than_made_a_local_directory(tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'cnn_jax.main', '--config', 'digits',
+                           '--workdir', 'gs://bucket/runs/digits'], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 2 and 'mount the bucket' in result.stderr
+  assert not os.path.exists(tmp_path / 'gs:')
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--cluster=slurm'], '--cluster=slurm: JAX cannot join the processes of this job'),
+    (['--local_device_ids=zero'], '--local_device_ids=zero: give device numbers'),
+    (['--num_processes=2'], 'need all of --coordinator_address, --num_processes and --process_id'),
+])
+def test_cluster_mistakes_are_named(tmp_path, flags, message):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('SLURM_', 'OMPI_'))}
+  result = subprocess.run(_command(tmp_path, *flags), cwd=REPO, capture_output=True, text=True,
+                          timeout=120, check=False, env=dict(env, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]

@@ -138,6 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   compiling = compilation_cache.CompileClock()
   for path in [workdir, *(member_workdirs or [])]:
     check_workdir(path)
+  distributed.check_same_workdir(workdir)
   if config.init_from:
     checkpoint.locate(config.init_from)  # A warm start's checkpoint exists, before data loads.
   members = population.member_configs(config) if config.population.size > 1 else None

@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import subprocess
 
 import ml_collections
@@ -53,6 +54,10 @@ def check_workdir(path: str) -> None:
   Raises:
     UserError: `path` is a file, lies under a file, or under a directory that is not writable.
   """
+  if re.match(r'^[a-zA-Z][a-zA-Z0-9+.-]*://', path):
+    raise UserError(f'--workdir {path!r}: cnn_jax writes its workdir through the local '
+                    'filesystem; mount the bucket or share (e.g. gcsfuse, s3fs, NFS) and give '
+                    'the mounted path.')
   path = os.path.abspath(path)
   if os.path.exists(path) and not os.path.isdir(path):
     raise UserError(f'--workdir {path!r} is a file; give a directory (it is created if missing).')
