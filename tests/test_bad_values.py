@@ -86,6 +86,7 @@ BAD_VALUES = [
     ('precision', ['fp8'], []),
     ('compilation_cache', ['/etc/hostname'], []),
     ('population.size', ['-1'], []),
+    ('population.vectorize', ['pmap'], ['population.size=2', 'population.learning_rates=(0.1,0.2)']),
     ('population.seeds', ['(1,2)'], ['population.size=3']),
     ('population.learning_rates', ['(0.1,-1)', '(0.1,0.2,0.3)'], ['population.size=2']),
     ('population.weight_decays', ['(-1,0)'], ['population.size=2']),

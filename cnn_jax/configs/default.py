@@ -157,6 +157,11 @@ def get_config():
   # ordinary run in WORKDIR/member_XX, which evaluate, predict and report accept.
   config.population = ml_collections.ConfigDict()
   config.population.size = 0  # Members; 0 or 1 trains a single model.
+  # How one program steps the members: 'vmap' (one batched step: grouped convolutions that fill
+  # a GPU or TPU), 'loop' (the members' steps one after another inside the program, each a
+  # single model's step; compiling takes longer with more members), or 'auto' (loop on CPU,
+  # vmap elsewhere).
+  config.population.vectorize = 'auto'
   # Initialisation and dropout seeds; () = `seed` for every member, which then differ only in
   # the values compared below.
   config.population.seeds = ()

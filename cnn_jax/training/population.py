@@ -4,8 +4,10 @@
         --config.population.size=4 \\
         --config.population.learning_rates='(3e-4, 1e-3, 3e-3, 1e-2)'
 
-`jax.vmap` turns the train step of one model into the train step of N stacked models; every
-member sees the same batches (the order of `shuffle_seed`, else `seed`) and has its own learning
+One compiled step trains N stacked models: `jax.vmap` of one model's step (on GPU and TPU), or
+the N members' steps one after another in the same program (on CPU, where vmap's grouped
+convolutions run no faster per model; `config.population.vectorize`). Every member sees the same
+batches (the order of `shuffle_seed`, else `seed`) and has its own learning
 rate, weight decay, label smoothing and dropout rates, which enter the compiled step as arrays,
 and the seed `population.seeds` gives it (by default `seed` for all, so that members differ only
 in what is compared). One dispatch then trains all N, which on a CPU amortises the per-step overhead and on an
@@ -24,6 +26,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -148,6 +151,16 @@ class Population:
     return step(state, batch)
 
 
+def vectorize(config: ml_collections.ConfigDict, platform: str | None = None) -> str:
+  """'vmap' or 'loop': config.population.vectorize, with 'auto' resolved for `platform` (None:
+  this process's devices'). On a CPU a vmapped step turns convolutions into grouped ones, which
+  XLA:CPU runs no faster per model than one model's (see experiments/benchmarks/RESULTS.md)."""
+  chosen = config.population.get('vectorize', 'auto')  # Absent from older runs' config.json.
+  if chosen != 'auto':
+    return chosen
+  return 'loop' if (platform or jax.devices()[0].platform) == 'cpu' else 'vmap'
+
+
 def population_trainee(config: ml_collections.ConfigDict,
                        members: list[ml_collections.ConfigDict], model,
                        image_shape: tuple[int, int, int], num_steps: int,
@@ -157,11 +170,22 @@ def population_trainee(config: ml_collections.ConfigDict,
   # NumPy arrays: constants of the compiled steps, on whatever devices the state lives on.
   values = varied_values(config, members)
   seeds = np.asarray([member.seed for member in members])
-  vmapped_step = jax.vmap(population.train_step, in_axes=(0, 0, None))
+  eval_step = steps.eval_step_fn(model)
+  if vectorize(config) == 'vmap':
+    vmapped_step = jax.vmap(population.train_step, in_axes=(0, 0, None))
+    train_step = lambda states, batch: vmapped_step(states, values, batch)
+    evaluate = jax.vmap(eval_step, in_axes=(0, None))
+  else:  # One member after another, inside the one compiled program.
+    size = len(members)
+    member = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
+    stack = lambda outputs: jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
+    train_step = lambda states, batch: stack([
+        population.train_step(member(states, i), member(values, i), batch) for i in range(size)])
+    evaluate = lambda states, batch: stack([eval_step(member(states, i), batch)
+                                            for i in range(size)])
   return Trainee(
       init=lambda: jax.vmap(lambda s, v: population.init(s, v, image_shape))(seeds, values),
-      train_step=lambda states, batch: vmapped_step(states, values, batch),
-      eval_step=jax.vmap(steps.eval_step_fn(model), in_axes=(0, None)),
+      train_step=train_step, eval_step=evaluate,
       configs=tuple(members), workdirs=tuple(workdirs),
       schedules=tuple(setup.build_schedule(member, num_steps) for member in members),
       stacked=True)

@@ -53,6 +53,8 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   if config.shuffle_seed is not None:
     _check_number(p, 'shuffle_seed', config.shuffle_seed, low=0, integer=True)
   _check_number(p, 'population.size', config.population.size, low=0, integer=True)
+  _check_choice(p, 'population.vectorize', config.population.get('vectorize', 'auto'),
+                ('auto', 'vmap', 'loop'))
   _check_number(p, 'batch_size', config.batch_size, low=1, integer=True)
   _check_number(p, 'eval_batch_size', config.eval_batch_size, low=1, integer=True)
   for key in ('batch_size', 'eval_batch_size'):

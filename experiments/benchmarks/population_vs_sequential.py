@@ -46,48 +46,50 @@ def _steps_per_s(step, state, batches, num_steps: int) -> float:
 
 
 def step_throughput(config, size: int, num_steps: int) -> tuple[float, float]:
-  """Returns (population, sequential) model-images/s of the train step alone."""
+  """Returns (population, sequential) model-images/s of the train step alone: the steps a
+  population run and a single run compile."""
   info = data.describe_dataset(setup.data_spec(config))
   model = setup.build_model(config, info.num_classes)
+  single = train.single_model(config, model, info.image_shape, num_steps, '')
   config.population.size, config.population.seeds = size, tuple(range(size))
   members = population.member_configs(config)
-  values = {k: jnp.asarray(v) for k, v in population.varied_values(config, members).items()}
-  pop = population.Population(config, model, num_steps)
+  trainee = population.population_trainee(config, members, model, info.image_shape, num_steps,
+                                          [''] * size)
   options = cpu_kernels.compiler_options(config.cpu_kernels)
   rng = np.random.default_rng(0)
   batches = [{'image': jnp.asarray(rng.normal(size=(config.batch_size, *info.image_shape)),
                                    jnp.float32),
               'label': jnp.asarray(rng.integers(0, info.num_classes, config.batch_size),
                                    jnp.int32)} for _ in range(4)]
-  seeds = jnp.arange(size)
-  states = jax.jit(jax.vmap(lambda s, v: pop.init(s, v, info.image_shape)))(seeds, values)
-  vmapped = jax.jit(jax.vmap(pop.train_step, in_axes=(0, 0, None)), donate_argnums=0,
-                    compiler_options=options)
-  single_state = jax.jit(lambda: pop.init(0, {}, info.image_shape))()
-  single = jax.jit(lambda s, b: pop.train_step(s, {}, b), donate_argnums=0,
-                   compiler_options=options)
-  images = size * config.batch_size
-  sequential = _steps_per_s(single, single_state, batches, num_steps) * config.batch_size
-  together = _steps_per_s(lambda s, b: vmapped(s, values, b), states, batches, num_steps) * images
+  compile_step = lambda step: jax.jit(step, donate_argnums=0, compiler_options=options)
+  sequential = _steps_per_s(compile_step(single.train_step), jax.jit(single.init)(), batches,
+                            num_steps) * config.batch_size
+  together = _steps_per_s(compile_step(trainee.train_step), jax.jit(trainee.init)(), batches,
+                          num_steps) * size * config.batch_size
   return together, sequential
 
 
-def end_to_end(config_name: str, size: int) -> tuple[float, float]:
+def end_to_end(config_name: str, size: int, vectorize: str,
+               num_steps: int = 0) -> tuple[float, float]:
   """Returns (population, sequential) wall seconds to train `size` models of the config."""
   with contextlib.redirect_stdout(io.StringIO()):  # The runs' own logs would drown the figures.
-    return _end_to_end(config_name, size)
+    return _end_to_end(config_name, size, vectorize, num_steps)
 
 
-def _end_to_end(config_name: str, size: int) -> tuple[float, float]:
+def _end_to_end(config_name: str, size: int, vectorize: str,
+                num_steps: int) -> tuple[float, float]:
   start = time.perf_counter()
   for seed in range(size):
     config = load_config(config_name)
     config.progress_bar, config.seed, config.shuffle_seed = False, seed, 0
+    config.num_steps = num_steps or config.num_steps
     train.train_and_evaluate(config, tempfile.mkdtemp())
   sequential = time.perf_counter() - start
   config = load_config(config_name)
   config.progress_bar, config.population.size = False, size
+  config.num_steps = num_steps or config.num_steps
   config.population.seeds, config.shuffle_seed = tuple(range(size)), 0  # As the sequential runs.
+  config.population.vectorize = vectorize
   start = time.perf_counter()
   train.train_and_evaluate(config, tempfile.mkdtemp())
   return time.perf_counter() - start, sequential
@@ -100,17 +102,23 @@ def main() -> None:
   parser.add_argument('--steps', type=int, default=200)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--skip_end_to_end', action='store_true')
+  parser.add_argument('--vectorize', default='auto', choices=('auto', 'vmap', 'loop'),
+                      help='config.population.vectorize of the population.')
+  parser.add_argument('--num_steps', type=int, default=0,
+                      help='End to end: the training length of every run (0: the config\'s).')
   args = parser.parse_args()
   name = os.path.splitext(os.path.basename(args.config))[0]
   print(f'{name}: population of {args.size} against {args.size} sequential models on '
         f'{jax.device_count()} × {jax.devices()[0].platform.upper()}', flush=True)
   for _ in range(args.repeats):
-    together, sequential = step_throughput(load_config(name), args.size, args.steps)
+    config = load_config(name)
+    config.population.vectorize = args.vectorize
+    together, sequential = step_throughput(config, args.size, args.steps)
     print(f'  step throughput: population {together:10,.0f} model-images/s, sequential '
           f'{sequential:10,.0f}; ratio {together / sequential:.2f}', flush=True)
   if not args.skip_end_to_end:
     for _ in range(args.repeats):
-      together, sequential = end_to_end(name, args.size)
+      together, sequential = end_to_end(name, args.size, args.vectorize, args.num_steps)
       print(f'  end to end: population {together:6.1f} s, sequential {sequential:6.1f} s; '
             f'ratio {sequential / together:.2f}', flush=True)
 
