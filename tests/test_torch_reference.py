@@ -3,6 +3,7 @@
 CI does not install torch: the tests that need it are skipped there, the others still run.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -165,3 +166,16 @@ def test_benchmark_against_torch_reports_ratios():
   results = json.loads(done.stdout.strip().splitlines()[-1])
   assert results['train_ratio'] > 0 and results['eval_ratio'] > 0
   assert results['torch_train_images_per_s'] > 0 and results['train_images_per_s'] > 0
+
+
+def test_the_plain_pytorch_digits_script_is_the_readme_job():
+  """experiments/benchmarks/digits_torch.py, which whole_job.py times against `cnn-jax train
+  --config digits`: the same network (parameter count) and the same splits' sizes."""
+  pytest.importorskip('torch')
+  spec = importlib.util.spec_from_file_location(
+      'digits_torch', os.path.join(REPO, 'experiments', 'benchmarks', 'digits_torch.py'))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  assert sum(p.numel() for p in script.network().parameters()) == 53_002  # As cnn_jax's.
+  train, validation, test = script.splits(0)
+  assert (len(train[1]), len(validation[1]), len(test[1])) == (1_293, 144, 360)
