@@ -6,7 +6,10 @@
 Warm-up steps (which include compilation) are excluded from the throughput figures; `first step`
 is the wait for the first one, from the command's start (imports, data, model and compilation
 included). `train` feeds batches already on the device; `train loop` runs the training loop's
-own step runner, which assembles each batch on the host and transfers it. By default
+own step runner, which assembles each batch on the host and transfers it. `train GFLOP/s` is
+XLA's count of the compiled step's operations per second, beside what a float32 matrix product
+reaches on the same device in the same run (`matmul`): their ratio says what share of the
+machine the step uses. By default
 the batches are random images of the config's shape, so any config can be measured offline; with
 `--data real` they come from the dataset, and host-side batch assembly is timed on its own too.
 
@@ -50,7 +53,11 @@ def define_flags() -> None:
 
 def _print_rows(results: dict[str, float]) -> None:
   for key, value in results.items():
-    if key.endswith('_images_per_s'):
+    if key.endswith('_gflop_per_s'):
+      print(f'  {key.removesuffix("_gflop_per_s").replace("_", " "):<20}{value:>10,.1f} GFLOP/s')
+    elif key.endswith('_fraction_of_matmul'):
+      print(f'  {key.removesuffix("_fraction_of_matmul") + " / matmul":<20}{value:>10.0%}')
+    elif key.endswith('_images_per_s'):
       print(f'  {key.removesuffix("_images_per_s").replace("_", " "):<20}{value:>10,.0f} images/s')
     else:
       print(f'  {key.removesuffix("_s").replace("_", " "):<20}{value:>10.2f} s')

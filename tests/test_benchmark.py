@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from cnn_jax.benchmarks import throughput
 from conftest import load_config
 
@@ -15,8 +17,15 @@ def test_benchmark_reports_compile_time_and_throughput():
   results = throughput.measure(config, num_steps=3, warmup=1, real_data=True, started=started)
   assert set(results) == {'load_images_per_s', 'host_batches_images_per_s', 'train_compile_s',
                           'first_step_s', 'train_images_per_s', 'train_loop_images_per_s',
+                          'train_gflop_per_s', 'matmul_gflop_per_s', 'train_fraction_of_matmul',
                           'eval_compile_s', 'eval_images_per_s'}
   assert all(value > 0 for value in results.values())
+  # XLA's count for the step: the digits net's forward pass is 697,860 FLOPs an image (the
+  # summary's); training adds the backward pass, about twice that, and the optimizer.
+  per_image = results['train_gflop_per_s'] * 1e9 / results['train_images_per_s']
+  assert 2 * 697_860 < per_image < 5 * 697_860
+  assert results['train_fraction_of_matmul'] == pytest.approx(
+      results['train_gflop_per_s'] / results['matmul_gflop_per_s'])
   # The first step waits for the compilation, and everything waits less than the whole call.
   assert results['train_compile_s'] < results['first_step_s'] < time.perf_counter() - started
 

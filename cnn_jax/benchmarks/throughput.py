@@ -108,6 +108,12 @@ def measure(config, num_steps: int, warmup: int, real_data: bool,
   jax.block_until_ready(state)  # Dispatch is asynchronous: keep warm-up out of the timed steps.
   elapsed, (state, _) = _timed(_run, train_step, state, batches, num_steps)
   results['train_images_per_s'] = num_steps * size / elapsed
+  step_flops = _flops(train_step)
+  if step_flops:  # What the compiled step computes, by XLA's count, per second.
+    results['train_gflop_per_s'] = step_flops * num_steps / elapsed / 1e9
+    results['matmul_gflop_per_s'] = matmul_gflop_per_s()
+    results['train_fraction_of_matmul'] = (results['train_gflop_per_s']
+                                           / results['matmul_gflop_per_s'])
   state, results['train_loop_images_per_s'] = _time_the_loop(
       config, model, tx, state, host, num_steps, warmup, real_data, options)
 
@@ -122,6 +128,23 @@ def measure(config, num_steps: int, warmup: int, real_data: bool,
   elapsed, _ = _timed(lambda: [eval_step(state, eval_batch) for _ in range(num_steps)])
   results['eval_images_per_s'] = num_steps * eval_size / elapsed
   return results
+
+
+def _flops(compiled) -> float | None:
+  """XLA's count of the floating-point operations of one call of `compiled`, if it gives one."""
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return (analysis or {}).get('flops') or None
+
+
+def matmul_gflop_per_s(size: int = 1024, calls: int = 10) -> float:
+  """GFLOP/s of a jitted float32 matrix product of two [size, size] matrices on this device, now:
+  the yardstick that says what share of the machine a train step uses."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  product = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(product(a))  # Compiled and warm.
+  elapsed, _ = _timed(lambda: [product(a) for _ in range(calls)])
+  return 2 * size ** 3 * calls / elapsed / 1e9
 
 
 def _time_the_loop(config, model, tx, state, host: list[dict], num_steps: int, warmup: int,
