@@ -119,9 +119,16 @@ def main(argv: list[str]) -> None:
     print(f'PyTorch {torch.__version__} reference (eager, float32, NCHW, '
           f'{torch.get_num_threads()} threads)')
     _print_rows({k.removeprefix('torch_'): v for k, v in compared.items()
-                 if k.startswith('torch_')})
+                 if k.startswith('torch_') and not k.startswith('torch_compile')})
     print(f'cnn_jax / PyTorch images/s: train {compared["train_ratio"]:.2f}×, '
           f'eval {compared["eval_ratio"]:.2f}×')
+    if 'torch_compile_error' in compared:
+      print(f'torch.compile does not work here: {compared["torch_compile_error"]}')
+    else:
+      print('PyTorch through torch.compile (its first step compiles):')
+      _print_rows({k.removeprefix('torch_compiled_'): v for k, v in compared.items()
+                   if k.startswith('torch_compiled_')})
+      print(f'cnn_jax / torch.compile train images/s: {compared["compiled_train_ratio"]:.2f}×')
   if reached:
     _print_time_to_target(reached, config.data.eval_split, args.max_epochs)
 

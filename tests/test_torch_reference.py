@@ -160,12 +160,15 @@ def test_benchmark_against_torch_reports_ratios():
   pytest.importorskip('torch')
   command = [sys.executable, '-m', 'cnn_jax.benchmark', '--config', 'configs/digits.py',
              '--steps', '3', '--warmup', '1', '--against', 'torch', '--json']
-  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120,
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                         env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, check=False)
   assert done.returncode == 0, done.stderr
   results = json.loads(done.stdout.strip().splitlines()[-1])
   assert results['train_ratio'] > 0 and results['eval_ratio'] > 0
   assert results['torch_train_images_per_s'] > 0 and results['train_images_per_s'] > 0
+  # The second column: torch.compile's figures where it works here, else why it does not.
+  assert (results.get('torch_compiled_train_images_per_s', 0) > 0
+          and results['compiled_train_ratio'] > 0) or results['torch_compile_error']
 
 
 def test_the_plain_pytorch_digits_script_is_the_readme_job():

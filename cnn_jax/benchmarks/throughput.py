@@ -182,11 +182,19 @@ def _run(train_step, state, batches, num_steps):
 def compare_with_torch(config, num_steps: int, warmup: int, inputs: tuple[list, dict],
                        results: dict[str, float]) -> dict[str, float]:
   """Returns the PyTorch reference's figures on the same host batches (keys prefixed 'torch_')
-  and the ratios 'train_ratio' and 'eval_ratio' of cnn_jax's images/s to PyTorch's."""
+  and the ratios 'train_ratio' and 'eval_ratio' of cnn_jax's images/s to PyTorch's; then those
+  of its train step through torch.compile ('torch_compiled_', 'compiled_train_ratio'), or why
+  torch.compile does not work here ('torch_compile_error')."""
   measured = torch_reference.measure_torch(config, num_steps, warmup, inputs[0])
-  return {**{f'torch_{k}': v for k, v in measured.items()},
-          **{f'{k}_ratio': results[f'{k}_images_per_s'] / measured[f'{k}_images_per_s']
-             for k in ('train', 'eval')}}
+  compared = {**{f'torch_{k}': v for k, v in measured.items()},
+              **{f'{k}_ratio': results[f'{k}_images_per_s'] / measured[f'{k}_images_per_s']
+                 for k in ('train', 'eval')}}
+  try:  # A second column where torch.compile works here (it needs a C++ compiler on a CPU).
+    fast = torch_reference.measure_torch(config, num_steps, warmup, inputs[0], compiled=True)
+  except Exception as e:  # pylint: disable=broad-except  # Its many backend errors.
+    return {**compared, 'torch_compile_error': f'{type(e).__name__}: {str(e).splitlines()[0]}'}
+  return {**compared, **{f'torch_compiled_{k}': v for k, v in fast.items()},
+          'compiled_train_ratio': results['train_images_per_s'] / fast['train_images_per_s']}
 
 
 def time_to_target(config, target: float, max_epochs: int, against_torch: bool) -> dict:

@@ -229,21 +229,22 @@ def _to_torch(torch, batch: dict) -> tuple:
   return (images, labels) + ((torch.from_numpy(batch['mask']),) if 'mask' in batch else ())
 
 
-def _setup(config, image_shape, num_classes, total_steps):
-  """Returns (torch, model, step) for `config`, seeded and using every CPU core."""
+def _setup(config, image_shape, num_classes, total_steps, compiled: bool = False):
+  """Returns (torch, model, step) for `config`, seeded and using every CPU core; with `compiled`,
+  the step runs the model through `torch.compile`."""
   torch = import_torch()
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(config.seed)
   model = build_torch_convnet(config.model.name, setup.model_kwargs(config.model), image_shape,
                               num_classes)
   optimizer, scheduler = torch_optimizer(model.parameters(), config.optimizer, total_steps)
-  step = functools.partial(_train_step, model, optimizer, scheduler, config.label_smoothing,
-                           config.optimizer.grad_clip_norm)
+  step = functools.partial(_train_step, torch.compile(model) if compiled else model, optimizer,
+                           scheduler, config.label_smoothing, config.optimizer.grad_clip_norm)
   return torch, model, step
 
 
-def measure_torch(config, num_steps: int, warmup: int, synthetic_batches: list[dict]
-                  ) -> dict[str, float]:
+def measure_torch(config, num_steps: int, warmup: int, synthetic_batches: list[dict],
+                  compiled: bool = False) -> dict[str, float]:
   """Returns the PyTorch reference's train and eval images/s on the benchmark's own batches.
 
   Args:
@@ -251,13 +252,14 @@ def measure_torch(config, num_steps: int, warmup: int, synthetic_batches: list[d
     num_steps: timed steps, after `warmup` untimed ones (of which the first is timed alone).
     synthetic_batches: host batches {'image': float32 [B, H, W, C], 'label': int [B]}, cycled
       through as `cnn_jax.benchmarks.throughput.measure` does.
+    compiled: train through `torch.compile` (train figures only; its first step compiles).
 
   Returns:
     {'train_first_step_s', 'train_images_per_s', 'eval_first_step_s', 'eval_images_per_s'}.
   """
   image_shape = synthetic_batches[0]['image'].shape[1:]
   num_classes = data.describe_dataset(setup.data_spec(config)).num_classes
-  torch, model, step = _setup(config, image_shape, num_classes, num_steps + warmup)
+  torch, model, step = _setup(config, image_shape, num_classes, num_steps + warmup, compiled)
   batches = [_to_torch(torch, b) for b in synthetic_batches]  # Converted before any timing.
   results = {}
 
@@ -272,6 +274,8 @@ def measure_torch(config, num_steps: int, warmup: int, synthetic_batches: list[d
   results['train_first_step_s'] = timed(train_on, 1)  # Eager: no compilation, but first calls.
   timed(lambda i: train_on(i + 1), warmup - 1)
   results['train_images_per_s'] = num_steps * config.batch_size / timed(train_on, num_steps)
+  if compiled:
+    return results
 
   size = config.eval_batch_size
   images = torch.zeros((size, image_shape[2], *image_shape[:2]))
