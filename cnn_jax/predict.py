@@ -98,8 +98,8 @@ def main(argv: list[str]) -> None:
   args = flags.FLAGS
   files = expand_paths(argv[1:])
   if not files:
-    raise UserError('no image files given; usage: python -m cnn_jax.predict --workdir W '
-                    'IMAGE_OR_DIR [...]')
+    raise UserError('no image files given; usage: cnn-jax predict --workdir W IMAGE_OR_DIR '
+                    '[...]')
   model = inference.load_predictor(args.workdir, args.checkpoint)
   predictions = inference.predict_files(model, files, args.top_k, args.batch_size,
                                         progress=bool(args.csv), invert=args.invert)

@@ -64,8 +64,9 @@ def _input_spec(trained: TrainedModel, batch: int | None) -> jax.ShapeDtypeStruc
 
 def _onnx_bytes(trained: TrainedModel, batch: int | None) -> bytes:
   """The prediction as an ONNX model, checked in onnxruntime against JAX's own output."""
+  predict = probabilities_fn(trained)  # Traced for the graph, then run for the check.
   model = jaxpr_to_onnx.to_onnx(
-      probabilities_fn(trained), _input_spec(trained, batch), exported_model.ONNX_INPUT,
+      predict, _input_spec(trained, batch), exported_model.ONNX_INPUT,
       exported_model.ONNX_OUTPUT, doc=f'cnn_jax model: step {trained.step} of {trained.workdir}')
   serialized = model.SerializeToString()
   try:
@@ -77,7 +78,7 @@ def _onnx_bytes(trained: TrainedModel, batch: int | None) -> bytes:
   pixels = np.random.default_rng(0).integers(0, 256, (batch or 5, *trained.info.image_shape),
                                              dtype=np.uint8)
   theirs = session.run(None, {exported_model.ONNX_INPUT: pixels})[0]
-  ours = np.asarray(probabilities_fn(trained)(pixels))
+  ours = np.asarray(predict(pixels))
   difference = float(np.max(np.abs(theirs - ours)))
   if not difference <= CHECK_TOLERANCE:
     raise RuntimeError(f'the ONNX model\'s probabilities differ from cnn_jax\'s by {difference:.2g}'

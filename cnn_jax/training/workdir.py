@@ -102,7 +102,7 @@ def load_dataset_record(workdir: str) -> tuple[DatasetInfo, Normalizer]:
                     f'e.g. {os.path.join(workdir, "member_00")!r} (population.json ranks them).')
   if not os.path.exists(path):
     raise UserError(f'{workdir!r} is not a cnn_jax training workdir (no {DATASET_FILE}); '
-                    'pass the --workdir of a run of python -m cnn_jax.main.')
+                    'pass the --workdir of a run of cnn-jax train.')
   with open(path, encoding='utf-8') as f:
     record = json.load(f)
   info = record['info']
