@@ -83,6 +83,7 @@ BAD_VALUES = [
     ('cpu_kernels', ['mkl'], []),
     ('pool_first', ['maybe'], []),
     ('pool_by_reshape', ['sometimes'], []),
+    ('batch_norm_by_matmul', ['always'], []),
     ('precision', ['fp8'], []),
     ('compilation_cache', ['/etc/hostname'], []),
     ('population.size', ['-1'], []),

@@ -96,7 +96,7 @@ def test_model_fields():
   assert 'features' in fields and 'dense_dropout' in fields and 'dtype' in fields
   assert not {'parent', 'name', 'num_classes'} & set(fields)
   assert model_fields('resnet18') == ('stage_sizes', 'num_filters', 'stem', 'initializer', 'dtype',
-                                      'precision')
+                                      'precision', 'batch_norm_by_matmul')
 
 
 def test_variant_fields_can_be_overridden_and_lists_become_tuples():
@@ -310,3 +310,41 @@ def test_conv_has_the_parameters_and_outputs_of_flax_conv():
     variables = jax.tree.map(lambda v: v + 0.5, variables)  # a non-zero bias too
     np.testing.assert_allclose(ours.apply(variables, x), flax_conv.apply(variables, x),
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('name, kwargs', [
+    ('convnet', dict(features=(6, 8), dense=(5,), batch_norm=True)),
+    ('resnet_small', {}),
+])
+def test_batch_norm_by_matmul_computes_flax_batch_norm(name, kwargs):
+  # The statistics as matrix products and the hand-written gradient must be Flax's BatchNorm:
+  # the same parameters, logits, gradients and running averages, up to float summation order
+  # (with JAX_ENABLE_X64 and float64 models the two agree to 1e-15).
+  shape = SHAPES.get(name, (12, 12, 3))
+  fast = create_model(name, 4, batch_norm_by_matmul=True, **kwargs)
+  plain = fast.clone(batch_norm_by_matmul=False)
+  x = images(shape, batch=4) * 3.0 + 1.0  # Batch statistics far from the initial 0 and 1.
+  variables = with_random_head(fast.init(jax.random.key(0), x))
+  assert (jax.tree.structure(variables)
+          == jax.tree.structure(plain.init(jax.random.key(0), x)))
+  # A non-trivial scale and bias, so their gradients and the input's all matter.
+  variables = {**variables, 'params': jax.tree.map(
+      lambda p: p + 0.3 * jax.random.normal(jax.random.key(p.size), p.shape),
+      variables['params'])}
+
+  def loss(params, model):
+    logits, updates = model.apply({**variables, 'params': params}, x, train=True,
+                                  mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(logits)), (logits, updates['batch_stats'])
+
+  results = [jax.value_and_grad(loss, has_aux=True)(variables['params'], m) for m in (fast, plain)]
+  (_, (fast_logits, fast_stats)), fast_grads = results[0]
+  (_, (plain_logits, plain_stats)), plain_grads = results[1]
+  np.testing.assert_allclose(fast_logits, plain_logits, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves((fast_grads, fast_stats)),
+                  jax.tree.leaves((plain_grads, plain_stats))):
+    # Float32 sums of hundreds of terms in another order: off by ~1e-5 of the largest entry.
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.abs(b).max()))
+  assert any(jnp.any(g != 0) for g in jax.tree.leaves(fast_grads))
+  # Evaluation uses the running averages the same way.
+  np.testing.assert_array_equal(fast.apply(variables, x), plain.apply(variables, x))

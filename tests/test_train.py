@@ -267,12 +267,14 @@ def _lowered_text(model, shape=(2, 8, 8, 1)) -> str:
 
 
 def test_the_cpu_tricks_are_on_where_they_win_and_each_can_be_switched():
-  """'auto': pool-before-bias and pooling by reshape on CPU only; XLA's own reduce_window on a
-  GPU or TPU, where nothing says they win. Either way the same numbers."""
+  """'auto': pool-before-bias, pooling by reshape and batch-norm sums by matmul on CPU only;
+  XLA's own reduce_window on a GPU or TPU, where nothing says they win. Either way the same
+  numbers."""
   config = _short_digits_config()
   on_cpu, on_gpu = (setup.build_model(config, 10, platform) for platform in ('cpu', 'gpu'))
-  assert (on_cpu.pool_first, on_cpu.pool_by_reshape) == (True, True)
-  assert (on_gpu.pool_first, on_gpu.pool_by_reshape) == (False, False)
+  tricks = lambda model: (model.pool_first, model.pool_by_reshape, model.batch_norm_by_matmul)
+  assert tricks(on_cpu) == (True, True, True)
+  assert tricks(on_gpu) == (False, False, False)
   assert 'reduce_window' not in _lowered_text(on_cpu) and 'reduce_window' in _lowered_text(on_gpu)
   config.pool_by_reshape = False  # Switched off by hand, on a CPU.
   assert 'reduce_window' in _lowered_text(setup.build_model(config, 10, 'cpu'))
@@ -287,6 +289,8 @@ def test_precision_reaches_every_convolution_and_product(name):
   if name == 'resnet':
     config.model = type(config.model)({'name': 'resnet_small', 'stage_sizes': (1,),
                                        'num_filters': 4})
+    # Batch-norm sums by matmul are float32 products at any precision: count the layers' own.
+    config.batch_norm_by_matmul = False
   assert 'HIGHEST' not in _lowered_text(setup.build_model(config, 10))  # 'default'
   config.precision = 'highest'
   text = _lowered_text(setup.build_model(config, 10))

@@ -135,7 +135,7 @@ def get_config():
   # CPU only: 'ynnpack' hands XLA's matrix products to YNNPACK (2-4x faster train steps on
   # CPU, see cnn_jax/cpu_kernels.py); 'xla' keeps XLA:CPU's own kernels.
   config.cpu_kernels = 'ynnpack'
-  # Two ways to compute the same numbers faster, each True, False or 'auto' (where it was
+  # Three ways to compute the same numbers faster, each True, False or 'auto' (where it was
   # measured to win: on CPU). ConvNet training computes conv → max pool → bias → activation,
   # the textbook conv → bias → activation → max pool's numbers for monotone activations, on a
   # tensor 4× smaller.
@@ -143,6 +143,9 @@ def get_config():
   # Non-overlapping pooling (window = stride, VALID) by crop + reshape + reduce, with a
   # hand-written max-pool gradient, instead of XLA's reduce_window (a slow loop on XLA:CPU).
   config.pool_by_reshape = _true_false_or_auto()
+  # Batch norm's per-channel sums over batch and space as matrix products with a vector of ones,
+  # with a hand-written gradient, instead of XLA's reductions (slow loops on XLA:CPU).
+  config.batch_norm_by_matmul = _true_false_or_auto()
   # Float32 convolutions and matrix products: 'default' = the platform's fastest (float32 on
   # CPU; TF32 on NVIDIA GPUs since Ampere, as PyTorch's and Keras's convolutions; one bfloat16
   # pass on TPU); 'high' (TPU: 3 passes); 'highest' = float32 everywhere, CPU's numbers.

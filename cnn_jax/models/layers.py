@@ -1,4 +1,5 @@
-"""Building blocks shared by the models: convolution, pooling, activations and kernel initialisers.
+"""Building blocks shared by the models: convolution, pooling, batch norm, activations and kernel
+initialisers.
 
 Activations and initialisers are looked up by the names a config uses; an unknown name is a
 `UserError` that lists the allowed ones. Pooling is a module (not a bare function) so that it shows
@@ -291,6 +292,92 @@ class Conv(nn.Module):
     if not self.use_bias:
       return y
     return y + jnp.asarray(self.get_variable('params', 'bias'), self.dtype)
+
+
+def _channel_sums(x: jax.Array) -> jax.Array:
+  """Sums [..., C] over every axis but the last, as a matrix product with a vector of ones."""
+  rows = x.reshape(-1, x.shape[-1])
+  return jnp.dot(jnp.ones((rows.shape[0],), rows.dtype), rows,
+                 precision=jax.lax.Precision.HIGHEST)  # [C], float32 on every platform
+
+
+def _batch_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The per-channel mean and (biased) variance of [..., C], as Flax's fast variance computes them:
+  E[x²] − E[x]², clipped at zero."""
+  n = x.size // x.shape[-1]
+  mean = _channel_sums(x) / n
+  return mean, jnp.maximum(_channel_sums(x * x) / n - mean * mean, 0.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _normalize_by_matmul(x, scale, bias, epsilon):
+  """(x − mean) / sqrt(var + ε) · scale + bias with the batch's own statistics; returns
+  (y, mean, var). The statistics are outputs so the running averages reuse them; they carry no
+  gradient (the caller stops it)."""
+  return _normalize_forward(x, scale, bias, epsilon)[0]
+
+
+def _normalize_forward(x, scale, bias, epsilon):
+  mean, var = _batch_stats(x)
+  inv = jax.lax.rsqrt(var + epsilon)
+  return ((x - mean) * (inv * scale) + bias, mean, var), (x, mean, inv, scale)
+
+
+def _normalize_backward(epsilon, residuals, cotangents):
+  # The textbook batch-norm gradient, two sums over the batch instead of autodiff's six passes:
+  # dbias = Σg, dscale = Σg·x̂, dx = scale/σ · (g − Σg/n − x̂·Σg·x̂/n).
+  del epsilon
+  x, mean, inv, scale = residuals
+  g = cotangents[0]  # The statistics' cotangents are zero: the caller stops their gradient.
+  n = x.size // x.shape[-1]
+  x_hat = (x - mean) * inv
+  g_sum, g_x_hat_sum = _channel_sums(g), _channel_sums(g * x_hat)
+  dx = (scale * inv) * (g - g_sum / n - x_hat * (g_x_hat_sum / n))
+  return dx, g_x_hat_sum, g_sum
+
+
+_normalize_by_matmul.defvjp(_normalize_forward, _normalize_backward)
+
+
+class BatchNorm(nn.BatchNorm):
+  """`nn.BatchNorm` over the last axis (same parameters, statistics and numbers up to float
+  rounding) that can compute a training batch's statistics faster on CPU.
+
+  Why: XLA:CPU splits a large reduction (one channel's sum over batch × height × width) into
+  reduce-windows that run as slow loops; in the Fashion-MNIST ConvNet the batch-norm sums took
+  about a third of a train step. With `by_matmul` the sums are matrix products with a vector of
+  ones (fast kernels, float32 accumulation at any `precision`) and the gradient is written out
+  in two sums, not autodiff's six passes. Evaluation (running averages) is `nn.BatchNorm`'s.
+
+  Attributes:
+    by_matmul: compute training statistics as above (the channel axis must be the last).
+  """
+
+  by_matmul: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+    """Normalises [..., C]; in training (use_running_average False) updates the averages."""
+    if (nn.merge_param('use_running_average', self.use_running_average, use_running_average)
+        or not self.by_matmul or self.axis_name is not None):
+      return super().__call__(x, use_running_average=use_running_average)
+    if self.axis not in (-1, x.ndim - 1):
+      raise ValueError(f'BatchNorm(by_matmul=True) normalises the last axis, not axis {self.axis}')
+    channels = (x.shape[-1],)
+    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), channels)
+    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), channels)
+    scale = (self.param('scale', self.scale_init, channels, self.param_dtype)
+             if self.use_scale else jnp.ones(channels))
+    bias = (self.param('bias', self.bias_init, channels, self.param_dtype)
+            if self.use_bias else jnp.zeros(channels))
+    wide = jnp.promote_types(x.dtype, jnp.float32)  # Statistics in float32 at least, as Flax's.
+    y, mean, var = _normalize_by_matmul(x.astype(wide), jnp.asarray(scale, wide),
+                                        jnp.asarray(bias, wide), self.epsilon)
+    mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y.astype(self.dtype or wide)
 
 
 class Dropout(nn.Module):

@@ -30,6 +30,7 @@ class ResidualBlock(nn.Module):
     initializer: kernel initialiser name (see `layers.INITIALIZERS`).
     dtype: computation dtype.
     precision: of the convolutions (None: the platform's default).
+    batch_norm_by_matmul: batch statistics by matrix products (see `layers.BatchNorm`).
   """
 
   filters: int
@@ -37,6 +38,7 @@ class ResidualBlock(nn.Module):
   initializer: str = 'he'
   dtype: Any = jnp.float32
   precision: str | None = None
+  batch_norm_by_matmul: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -44,8 +46,9 @@ class ResidualBlock(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=layers.get_initializer(self.initializer),
                              precision=self.precision)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32)
+    norm = functools.partial(layers.BatchNorm, use_running_average=not train,
+                             momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype,
+                             param_dtype=jnp.float32, by_matmul=self.batch_norm_by_matmul)
     s = (self.strides, self.strides)
     y = conv(self.filters, (3, 3), s, padding=((1, 1), (1, 1)), name='conv_0')(x)
     y = nn.relu(norm(name='bn_0')(y))
@@ -73,6 +76,7 @@ class ResNet(nn.Module):
     dtype: computation dtype; parameters stay float32 and logits are returned as float32.
     precision: of the convolutions and the classifier (None: the platform's default; 'high',
       'highest').
+    batch_norm_by_matmul: batch statistics by matrix products (see `layers.BatchNorm`).
   """
 
   num_classes: int
@@ -82,6 +86,7 @@ class ResNet(nn.Module):
   initializer: str = 'he'
   dtype: Any = jnp.float32
   precision: str | None = None
+  batch_norm_by_matmul: bool = False
 
   def __post_init__(self):
     # Check at construction, so a bad config fails in `create_model`, before any data is loaded.
@@ -109,8 +114,9 @@ class ResNet(nn.Module):
       x = nn.Conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                   dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
                   precision=self.precision, name='stem_conv')(x)  # [B, H, W, F]
-    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                     dtype=self.dtype, param_dtype=jnp.float32, name='stem_bn')(x)
+    x = layers.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                         dtype=self.dtype, param_dtype=jnp.float32,
+                         by_matmul=self.batch_norm_by_matmul, name='stem_bn')(x)
     x = nn.relu(x)
     if self.stem == 'imagenet':
       # Pads by 1 on every side like torchvision (SAME would pad only bottom/right).
@@ -120,7 +126,8 @@ class ResNet(nn.Module):
       for j in range(size):
         strides = 2 if i > 0 and j == 0 else 1
         x = ResidualBlock(self.num_filters * 2**i, strides, self.initializer, self.dtype,
-                          self.precision, name=f'stage{i + 1}_block{j}')(x, train)
+                          self.precision, self.batch_norm_by_matmul,
+                          name=f'stage{i + 1}_block{j}')(x, train)
     x = jnp.mean(x, axis=(1, 2))  # [B, C] global average pool
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=layers.HEAD_INIT, precision=self.precision, name='head')(x)

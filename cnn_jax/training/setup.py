@@ -43,8 +43,9 @@ def model_kwargs(model_config: ml_collections.ConfigDict) -> dict:
 
 # config.precision → the `precision` of the models' convolutions and dense layers.
 PRECISIONS = {'default': None, 'high': 'high', 'highest': 'highest'}
-# Settings that change how a model computes, not what: True, False or 'auto' (on CPU only).
-PLATFORM_TRICKS = ('pool_first', 'pool_by_reshape')
+# Settings that change how a model computes, not what: True, False or 'auto' (on CPU only); each
+# with the value a run's config.json written before the setting existed stands for.
+PLATFORM_TRICKS = {'pool_first': True, 'pool_by_reshape': True, 'batch_norm_by_matmul': 'auto'}
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
@@ -54,9 +55,9 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
   kwargs = model_kwargs(config.model)
   fields = models.model_fields(config.model.name)
   platform = platform or jax.devices()[0].platform
-  for trick in PLATFORM_TRICKS:
+  for trick, absent in PLATFORM_TRICKS.items():
     if trick in fields:
-      value = config.get(trick, True)  # Absent from older runs' config.json, which used them.
+      value = config.get(trick, absent)
       kwargs[trick] = platform == 'cpu' if value == 'auto' else value
   if 'precision' in fields:
     kwargs['precision'] = PRECISIONS[config.get('precision', 'default')]

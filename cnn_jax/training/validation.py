@@ -19,8 +19,8 @@ DTYPES = ('float32', 'bfloat16')
 CLASS_NAMES_READ_BY = ('csv', 'idx')  # The sources that take config.data.class_names.
 INIT_LAYERS = ('all', 'matching')
 # Model fields set from elsewhere than config.model: the dataset, config.dtype, config.precision
-# and config.pool_first, config.pool_by_reshape.
-GLOBAL_MODEL_FIELDS = ('num_classes', 'dtype', 'precision', 'pool_first', 'pool_by_reshape')
+# and the PLATFORM_TRICKS (config.pool_first, ...).
+GLOBAL_MODEL_FIELDS = ('num_classes', 'dtype', 'precision', *PLATFORM_TRICKS)
 
 
 def _suggest(value, allowed) -> str:

@@ -151,7 +151,8 @@ RESUMABLE_CHANGES = (
     'checkpoint.', 'init_from', 'init_layers', 'eval_batch_size', 'steps_per_dispatch',
     'cpu_kernels', 'compilation_cache', 'data.test_split', 'data.tfds_data_dir', 'data.download', 'data.path',
     'data.csv', 'data.cache', 'data.stream', 'data.on_device', 'data.workers',
-    'data.worker_processes', 'data.prefetch', 'pool_first', 'pool_by_reshape', 'precision',
+    'data.worker_processes', 'data.prefetch', 'pool_first', 'pool_by_reshape',
+    'batch_norm_by_matmul', 'precision',
 )
 
 
