@@ -179,3 +179,19 @@ def test_the_validation_split_is_held_out_of_train_disjoint_and_fixed_by_its_see
   assert not np.array_equal(slicing.holdout(1437, 0.1, 1)[1], held_out)  # Another, another.
   streamed = data.stream_dataset(spec, 'train', 'validation', 'test')
   np.testing.assert_array_equal(streamed.eval.gather(np.arange(144))['image'], dataset.eval.images)
+
+
+def test_the_lookup_table_normalises_every_pixel_value_bit_for_bit():
+  # Training ships uint8 batches and normalises them on the device through this table; it must
+  # give exactly what the host's normaliser gives, for every value in every channel.
+  norm = data.Normalizer(255.0, (0.2860, 0.4, 0.7), (0.3530, 0.1, 0.02))
+  table = norm.lookup_table()
+  assert table.shape == (256, 3) and table.dtype == np.float32
+  images = np.random.default_rng(0).integers(0, 256, (5, 7, 7, 3), dtype=np.uint8)
+  looked_up = table[images.astype(np.int64), np.arange(3)]
+  np.testing.assert_array_equal(looked_up, norm(images))
+  for channel in range(3):
+    np.testing.assert_array_equal(table[:, channel],
+                                  norm(np.full((256, 1, 1, 3), 0, np.uint8)
+                                       + np.arange(256, dtype=np.uint8)[:, None, None, None])
+                                  [:, 0, 0, channel])

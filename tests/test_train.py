@@ -10,10 +10,12 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from cnn_jax import models
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from cnn_jax import data, models
 from cnn_jax.data import sources
 from cnn_jax.runtime import compilation_cache
-from cnn_jax.training import optim, setup, steps, train
+from cnn_jax.training import loop, optim, setup, steps, train
 from cnn_jax.errors import UserError
 from cnn_jax.runtime.writers import read_metrics
 from conftest import load_config
@@ -167,6 +169,30 @@ def test_dataset_on_the_device_trains_exactly_like_batches_from_the_host(tmp_pat
     records[on_device] = [{k: v for k, v in r.items() if k != 'time'}
                           for r in read_metrics(str(tmp_path / str(on_device)))]
   assert records[True] == records[False]  # Same indices, same normalised pixels: bit for bit.
+
+
+def test_pixels_normalised_on_the_device_train_exactly_like_pixels_normalised_on_the_host(
+    tmp_path, monkeypatch):
+  """uint8 batches (a quarter of the bytes) normalised inside the step, and a split kept uint8 on
+  the device, give the host's float32 pixels bit for bit: the same run, metric for metric."""
+  config = _short_digits_config()
+  dataset = setup.load_data(config, data.open_source(setup.data_spec(config)))
+  sharding = NamedSharding(Mesh(np.asarray(jax.devices()), ('data',)), PartitionSpec('data'))
+  table = loop.pixel_table(dataset)
+  raw = next(loop.device_train_batches(dataset, 64, 0, 0, sharding, raw_pixels=True))
+  assert table is not None and raw['image'].dtype == np.uint8
+  records = {}
+  for where in ('device', 'host'):
+    if where == 'host':  # The training split's pixels normalised by NumPy, as floats travel.
+      monkeypatch.setattr(loop, 'pixel_table', lambda dataset: None)
+    for on_device in (False, True):
+      config.data.on_device = on_device
+      workdir = str(tmp_path / f'{where}_{on_device}')
+      train.train_and_evaluate(config, workdir)
+      records[where, on_device] = [{k: v for k, v in r.items() if k != 'time'}
+                                   for r in read_metrics(workdir)]
+  assert records['device', False] == records['host', False]
+  assert records['device', True] == records['host', True]
 
 
 def test_several_steps_per_dispatch_train_like_one_step_per_call(tmp_path):

@@ -78,7 +78,9 @@ def get_config():
   # Streaming: read in this many processes, each with `workers` threads (0 = one); 0 = read in
   # threads of the training process only.
   config.data.worker_processes = 0
-  config.data.prefetch = 4  # Streaming: batches read ahead (at least one per thread), per process.
+  # Batches ahead of the running step: read ahead by a stream (at least one per thread, per
+  # process); transferred ahead to the devices from a split in memory.
+  config.data.prefetch = 4
   config.data.on_device = False  # Hold the whole training split on the device (digits, MNIST).
   # Steps per compiled call with data.on_device (lax.scan over steps): 1 = one call per step;
   # 0 = auto: on GPU/TPU an epoch, or the steps between logs, evaluations or saves if fewer;

@@ -38,11 +38,14 @@ def train_indices(num_examples: int, batch_size: int, seed: int, step: int) -> n
                  mode='wrap').astype(np.int32)
 
 
-def train_batch(split: Split, normalizer: Normalizer, batch_size: int, seed: int,
+def train_batch(split: Split, normalizer: Normalizer | None, batch_size: int, seed: int,
                 step: int) -> dict[str, np.ndarray]:
-  """Returns training batch number `step`: {'image': float32 [B, H, W, C], 'label': int32 [B]}."""
+  """Returns training batch number `step`: {'image': float32 [B, H, W, C], 'label': int32 [B]};
+  with `normalizer` None, the images as the split holds them (uint8, to be normalised later)."""
   take = train_indices(len(split), batch_size, seed, step)
-  return {'image': normalizer(split.images[take]), 'label': split.labels[take]}
+  images = split.images[take]
+  return {'image': images if normalizer is None else normalizer(images),
+          'label': split.labels[take]}
 
 
 def eval_batches(split: Split, normalizer: Normalizer,

@@ -92,6 +92,13 @@ class Normalizer:
     scaled = images.astype(np.float32) / np.float32(self.max_value)
     return (scaled - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
 
+  def lookup_table(self) -> np.ndarray:
+    """float32 [256, C]: row v holds what `__call__` makes of pixel value v in each channel, bit
+    for bit (each entry goes through the same float32 operations). uint8 images can then travel
+    as they are, 4× fewer bytes, and be normalised where they are used by a lookup."""
+    values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, len(self.mean)))
+    return self(values)
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:

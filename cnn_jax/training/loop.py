@@ -6,6 +6,7 @@ Everything else (batches, the step runner, logging the learning rate, evaluation
 signalled checkpoints, resume, the progress bar) is written once, here, for both.
 """
 
+import collections
 import dataclasses
 import itertools
 import os
@@ -71,13 +72,24 @@ def step_of(trainee: Trainee, state) -> int:
 
 # ---- batches on the devices --------------------------------------------------------------------
 
+def pixel_table(dataset) -> np.ndarray | None:
+  """The table that normalises training images on the device (`steps.normalize_on_device`)
+  where the split in memory holds uint8 pixels; None where it does not, or for a stream (its
+  reading threads or processes normalise)."""
+  if isinstance(dataset, data.StreamedDataset) or dataset.train.images.dtype != np.uint8:
+    return None
+  return dataset.normalizer.lookup_table()
+
+
 def device_train_batches(dataset, batch_size: int, seed: int, start_step: int,
                          sharding: NamedSharding, threads: int = 0, worker_processes: int = 0,
-                         prefetch: int = 4) -> Iterator[dict]:
+                         prefetch: int = 4, raw_pixels: bool = False) -> Iterator[dict]:
   """Yields global training batches start_step, start_step + 1, ... without end.
 
-  From a split in memory, every process builds the same batch and keeps its rows; from a stream,
-  each process reads, decodes and shuffles only its own shard of the examples.
+  From a split in memory, every process builds the same batch and keeps its rows, `prefetch`
+  batches ahead of the one the loop takes, so the next transfers overlap the running step; with
+  `raw_pixels`, its images stay as the split holds them (uint8, for `steps.normalize_on_device`).
+  From a stream, each process reads, decodes and shuffles only its own shard of the examples.
   """
   if isinstance(dataset, data.StreamedDataset):
     stream = data.stream.train_batches(
@@ -89,9 +101,13 @@ def device_train_batches(dataset, batch_size: int, seed: int, start_step: int,
     finally:
       stream.close()  # Stops its worker processes however the loop ends.
   else:
+    normalizer = None if raw_pixels else dataset.normalizer
+    ahead = collections.deque()
     for step in itertools.count(start_step):
-      yield distributed.to_global(data.train_batch(dataset.train, dataset.normalizer,
-                                                   batch_size, seed, step), sharding)
+      ahead.append(distributed.to_global(
+          data.train_batch(dataset.train, normalizer, batch_size, seed, step), sharding))
+      if len(ahead) > prefetch:
+        yield ahead.popleft()
 
 
 def device_eval_batches(dataset, batch_size: int, sharding: NamedSharding, threads: int = 0,
@@ -125,9 +141,13 @@ def evaluate(eval_step, state, batches: Iterable[dict]) -> list[dict[str, float]
 # ---- the step runner, chosen once ----------------------------------------------------------------
 
 class HostBatches:
-  """Runs one step per call on the next batch from the host (or from a stream)."""
+  """Runs one step per call on the next batch from the host (or from a stream); with a `table`
+  (`pixel_table`), the batches' images are uint8 and the step normalises them."""
 
-  def __init__(self, train_step, batches: Iterator[dict], compiler_options):
+  def __init__(self, train_step, batches: Iterator[dict], compiler_options,
+               table: np.ndarray | None = None):
+    if table is not None:
+      train_step = steps.normalize_on_device(train_step, table)
     self._step = jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options)
     self._batches = batches
 
@@ -143,11 +163,18 @@ class HostBatches:
 
 class DeviceSplit:
   """Runs steps on a training split held on the device: one step gathers its batch there, and
-  several steps run in one compiled call (`lax.scan`); only indices leave the host."""
+  several steps run in one compiled call (`lax.scan`); only indices leave the host. With a
+  `table` (`pixel_table`), the split stays uint8 on the device, a quarter of the memory, and each
+  step normalises its batch."""
 
   def __init__(self, train_step, dataset, batch_size: int, seed: int, sharding: NamedSharding,
-               replicated: NamedSharding, compiler_options, steps_per_call: int):
-    self._split = _put_split_on_device(dataset.train, dataset.normalizer, replicated)
+               replicated: NamedSharding, compiler_options, steps_per_call: int,
+               table: np.ndarray | None = None):
+    if table is not None:
+      train_step = steps.normalize_on_device(train_step, table)
+    self._split = _put_split_on_device(dataset.train,
+                                       None if table is not None else dataset.normalizer,
+                                       replicated)
     self._steps_per_call = steps_per_call
     if steps_per_call == 1:
       self._step = steps.make_gather_train_step(train_step, compiler_options)
@@ -185,13 +212,14 @@ class DeviceSplit:
     pass
 
 
-def _put_split_on_device(split: data.Split, normalizer: data.Normalizer, sharding):
-  """Returns the normalised training split as device arrays (images, labels), if it fits.
+def _put_split_on_device(split: data.Split, normalizer: data.Normalizer | None, sharding):
+  """Returns the training split as device arrays (images, labels), normalised unless
+  `normalizer` is None, if it fits.
 
   Raises:
     UserError: the device reports its memory and the split would take more than half of it.
   """
-  images = normalizer(split.images)
+  images = split.images if normalizer is None else normalizer(split.images)
   stats = jax.local_devices()[0].memory_stats() or {}
   limit = stats.get('bytes_limit')
   if limit and images.nbytes > limit / 2:

@@ -59,14 +59,16 @@ def _runner(trainee: loop.Trainee, config, dataset, plan: setup.Plan, start_step
   """The step runner, chosen once: batches from the host, or gathered from a split on the device."""
   options = cpu_kernels.compiler_options(config.cpu_kernels)
   batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
+  table = loop.pixel_table(dataset)  # uint8 pixels travel as they are, normalised on the device.
   if config.data.on_device:
     return loop.DeviceSplit(trainee.train_step, dataset, config.batch_size, plan.shuffle_seed,
                             batch_sharding, NamedSharding(mesh, PartitionSpec()), options,
-                            plan.steps_per_dispatch)
+                            plan.steps_per_dispatch, table)
   d = config.data
   batches = loop.device_train_batches(dataset, config.batch_size, plan.shuffle_seed, start_step,
-                                      batch_sharding, d.workers, d.worker_processes, d.prefetch)
-  return loop.HostBatches(trainee.train_step, batches, options)
+                                      batch_sharding, d.workers, d.worker_processes, d.prefetch,
+                                      raw_pixels=table is not None)
+  return loop.HostBatches(trainee.train_step, batches, options, table)
 
 
 def _describe(config, info: data.DatasetInfo, dataset, plan: setup.Plan, mesh: Mesh,
