@@ -84,6 +84,7 @@ BAD_VALUES = [
     ('pool_first', ['maybe'], []),
     ('pool_by_reshape', ['sometimes'], []),
     ('batch_norm_by_matmul', ['always'], []),
+    ('keep_freed_memory', ['sometimes'], []),
     ('precision', ['fp8'], []),
     ('compilation_cache', ['/etc/hostname'], []),
     ('population.size', ['-1'], []),

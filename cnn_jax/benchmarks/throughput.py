@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cnn_jax import data, models
 from cnn_jax.benchmarks import time_to_accuracy, torch_reference
-from cnn_jax.runtime import distributed
+from cnn_jax.runtime import distributed, host_memory
 from cnn_jax.training import cpu_kernels, loop, setup, steps
 from cnn_jax.training.augment import Augmentation
 from cnn_jax.training.validation import validate_config
@@ -84,6 +84,7 @@ def measure(config, num_steps: int, warmup: int, real_data: bool,
   first train step is done.
   """
   validate_config(config)
+  host_memory.apply(config.keep_freed_memory, jax.devices()[0].platform)
   info = data.describe_dataset(setup.data_spec(config))
   model = setup.build_model(config, info.num_classes)
   models.check_fits(model, info.image_shape)

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from cnn_jax import data, models
 from cnn_jax.errors import UserError
 from cnn_jax.models import summary
-from cnn_jax.runtime import compilation_cache, distributed
+from cnn_jax.runtime import compilation_cache, distributed, host_memory
 from cnn_jax.training import checkpoint, cpu_kernels, loop, population, setup, steps
 from cnn_jax.training.augment import Augmentation
 from cnn_jax.training.validation import validate_config
@@ -137,6 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = Mesh(np.asarray(jax.devices()), ('data',))  # One data axis; one device is a mesh of one.
   validate_config(config, num_devices=mesh.size)
   compilation_cache.enable(config.compilation_cache)
+  host_memory.apply(config.keep_freed_memory, jax.devices()[0].platform)
   compiling = compilation_cache.CompileClock()
   for path in [workdir, *(member_workdirs or [])]:
     check_workdir(path)

@@ -75,7 +75,7 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   _check_number(p, 'label_smoothing', config.label_smoothing, low=0, high=0.999)
   _check_choice(p, 'dtype', config.dtype, DTYPES)
   _check_choice(p, 'cpu_kernels', config.cpu_kernels, CPU_KERNELS)
-  for trick in PLATFORM_TRICKS:
+  for trick in (*PLATFORM_TRICKS, 'keep_freed_memory'):
     _check_choice(p, trick, config[trick], (True, False, 'auto'))
   _check_choice(p, 'precision', config.precision, tuple(PRECISIONS))
   d = config.data
