@@ -19,7 +19,8 @@ kept = host_memory.apply(json.loads(sys.argv[1]), 'cpu')
 x = jnp.ones((128, 28, 28, 32))
 w = jnp.ones((3, 3, 32, 64)) * 0.01
 def loss(w, x):
-  y = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   return jnp.sum(jnp.tanh(y))
 step = jax.jit(jax.grad(loss))
 jax.block_until_ready(step(w, x))

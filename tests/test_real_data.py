@@ -1,7 +1,10 @@
 """Real data, offline: the Fashion-MNIST that Debian's dataset-fashion-mnist installs (`.ci/run`
 installs it; elsewhere: apt-get install dataset-fashion-mnist)."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -11,6 +14,7 @@ from cnn_jax.training import train
 from conftest import load_config
 
 FASHION_MNIST = sources.SYSTEM_COPIES['fashion_mnist'][1]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_fashion_mnist = pytest.mark.skipif(
     not os.path.isdir(FASHION_MNIST),
     reason=f'{FASHION_MNIST} is absent: apt-get install dataset-fashion-mnist')
@@ -36,3 +40,25 @@ def test_the_fashion_config_learns_the_real_files(tmp_path):
   result = train.train_and_evaluate(config, str(tmp_path))
   test = result['test']  # The checkpoint chosen on validation (1,000 of the 10,000), tested.
   assert test['count'] == 10_000 and test['accuracy'] > 0.8  # Chance is 10%; ~83% measured.
+
+
+@needs_fashion_mnist
+def test_the_accelerator_script_runs_every_measurement(tmp_path):
+  """experiments/benchmarks/accelerator.py, prepared for the first GPU or TPU lent: its quick
+  form on this CPU, so that it does not break unnoticed before then."""
+  script = os.path.join(REPO, 'experiments', 'benchmarks', 'accelerator.py')
+  out = tmp_path / 'figures.json'
+  done = subprocess.run([sys.executable, script, '--fashion_dir', FASHION_MNIST, '--quick',
+                         '--json', str(out)], cwd=tmp_path, capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  figures = json.loads(out.read_text())
+  assert [(r['config'], r['batch_size']) for r in figures['throughput']] == [
+      ('mnist', 128), ('mnist', 256), ('fashion_mnist', 128), ('fashion_mnist', 256)]
+  assert all(r['train_loop_images_per_s'] > 0 for r in figures['throughput'])
+  assert min(figures['dispatch'].values()) > 0
+  runs = figures['time_to_accuracy']
+  assert [r['recipe'] for r in runs] == ['fashion_mnist', 'fashion_mnist_resnet']
+  assert all(0.1 < r['test_accuracy'] <= 1 and r['wall_s'] > 0 for r in runs)
+  assert figures['population']['size'] == 4
+  assert '4. A population against one model' in done.stdout
