@@ -48,8 +48,10 @@ def test_same_stride_2():
   assert rows['conv_0'].output_shape == ((w - f + 2 * p) // s + 1,) * 2 + (5,)
 
 
-def test_rows_are_in_call_order():
-  model = create_model('lenet5', 10, batch_norm=True, conv_dropout=0.1)
+@pytest.mark.parametrize('by_matmul', [False, True])
+def test_rows_are_in_call_order(by_matmul):
+  model = create_model('lenet5', 10, batch_norm=True, conv_dropout=0.1,
+                       batch_norm_by_matmul=by_matmul)
   names = [r.name for r in summarize(model, (28, 28, 1))]
   assert names[:6] == ['input', 'conv_0', 'bn_0', 'pool_0', 'conv_dropout_0', 'conv_1']
   assert names[-1] == 'head'

@@ -101,7 +101,7 @@ class ConvNet(nn.Module):
     pool_first: in training, compute conv ─► max pool ─► bias ─► activation, which equals
       conv ─► bias ─► activation ─► max pool for a monotone activation and is faster.
     pool_by_reshape: non-overlapping pooling by reshape (see `layers.Pool`).
-    batch_norm_by_matmul: batch statistics by matrix products (see `layers.BatchNorm`).
+    batch_norm_by_matmul: batch statistics by matrix products (`layers.MatmulBatchNorm`).
     precision: of the convolutions and dense layers (None: the platform's default; 'high',
       'highest').
     dtype: computation dtype; parameters stay float32 and logits are returned as float32.
@@ -167,9 +167,9 @@ class ConvNet(nn.Module):
                     and self.activation in layers.MONOTONE_ACTIVATIONS)
       x = conv(x, add_bias=not pool_first)  # [B, H', W', width]
       if self.batch_norm:
-        x = layers.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32,
-                             by_matmul=self.batch_norm_by_matmul, name=f'bn_{i}')(x)
+        norm = layers.batch_norm_class(self.batch_norm_by_matmul)
+        x = norm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                 dtype=self.dtype, param_dtype=jnp.float32, name=f'bn_{i}')(x)
       if pool_first:
         x = act(conv.add_bias(pool(x)))
       else:

@@ -339,30 +339,24 @@ def _normalize_backward(epsilon, residuals, cotangents):
 _normalize_by_matmul.defvjp(_normalize_forward, _normalize_backward)
 
 
-class BatchNorm(nn.BatchNorm):
-  """`nn.BatchNorm` over the last axis (same parameters, statistics and numbers up to float
-  rounding) that can compute a training batch's statistics faster on CPU.
+class MatmulBatchNorm(nn.BatchNorm):
+  """`nn.BatchNorm` over the last axis whose training statistics are matrix products: the same
+  parameters, running averages and numbers (up to float rounding in training, exactly in
+  evaluation), faster on CPU.
 
   Why: XLA:CPU splits a large reduction (one channel's sum over batch × height × width) into
   reduce-windows that run as slow loops; in the Fashion-MNIST ConvNet the batch-norm sums took
-  about a third of a train step. With `by_matmul` the sums are matrix products with a vector of
-  ones (fast kernels, float32 accumulation at any `precision`) and the gradient is written out
-  in two sums, not autodiff's six passes. Evaluation (running averages) is `nn.BatchNorm`'s.
-
-  Attributes:
-    by_matmul: compute training statistics as above (the channel axis must be the last).
+  about a third of a train step. Here the sums are matrix products with a vector of ones (fast
+  kernels, float32 accumulation at any `precision`) and the gradient is written out in two sums,
+  not autodiff's six passes. (A subclass that overrides the whole call, never calling Flax's:
+  a module called twice would show twice in summaries and captured feature maps.)
   """
-
-  by_matmul: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
     """Normalises [..., C]; in training (use_running_average False) updates the averages."""
-    if (nn.merge_param('use_running_average', self.use_running_average, use_running_average)
-        or not self.by_matmul or self.axis_name is not None):
-      return super().__call__(x, use_running_average=use_running_average)
-    if self.axis not in (-1, x.ndim - 1):
-      raise ValueError(f'BatchNorm(by_matmul=True) normalises the last axis, not axis {self.axis}')
+    if self.axis not in (-1, x.ndim - 1) or self.axis_name is not None:
+      raise ValueError('MatmulBatchNorm normalises the last axis, within one program')
     channels = (x.shape[-1],)
     ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), channels)
     ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), channels)
@@ -371,6 +365,10 @@ class BatchNorm(nn.BatchNorm):
     bias = (self.param('bias', self.bias_init, channels, self.param_dtype)
             if self.use_bias else jnp.zeros(channels))
     wide = jnp.promote_types(x.dtype, jnp.float32)  # Statistics in float32 at least, as Flax's.
+    if nn.merge_param('use_running_average', self.use_running_average, use_running_average):
+      # Flax's own operations, in its order, so evaluation gives its numbers bit for bit.
+      y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+      return y.astype(self.dtype or wide)
     y, mean, var = _normalize_by_matmul(x.astype(wide), jnp.asarray(scale, wide),
                                         jnp.asarray(bias, wide), self.epsilon)
     mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
@@ -378,6 +376,11 @@ class BatchNorm(nn.BatchNorm):
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return y.astype(self.dtype or wide)
+
+
+def batch_norm_class(by_matmul: bool) -> type[nn.BatchNorm]:
+  """The batch-norm module a model uses: `MatmulBatchNorm`, or Flax's own."""
+  return MatmulBatchNorm if by_matmul else nn.BatchNorm
 
 
 class Dropout(nn.Module):

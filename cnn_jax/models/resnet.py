@@ -30,7 +30,7 @@ class ResidualBlock(nn.Module):
     initializer: kernel initialiser name (see `layers.INITIALIZERS`).
     dtype: computation dtype.
     precision: of the convolutions (None: the platform's default).
-    batch_norm_by_matmul: batch statistics by matrix products (see `layers.BatchNorm`).
+    batch_norm_by_matmul: batch statistics by matrix products (`layers.MatmulBatchNorm`).
   """
 
   filters: int
@@ -46,9 +46,9 @@ class ResidualBlock(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=layers.get_initializer(self.initializer),
                              precision=self.precision)
-    norm = functools.partial(layers.BatchNorm, use_running_average=not train,
-                             momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype,
-                             param_dtype=jnp.float32, by_matmul=self.batch_norm_by_matmul)
+    norm = functools.partial(layers.batch_norm_class(self.batch_norm_by_matmul),
+                             use_running_average=not train, momentum=BN_MOMENTUM,
+                             epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32)
     s = (self.strides, self.strides)
     y = conv(self.filters, (3, 3), s, padding=((1, 1), (1, 1)), name='conv_0')(x)
     y = nn.relu(norm(name='bn_0')(y))
@@ -76,7 +76,7 @@ class ResNet(nn.Module):
     dtype: computation dtype; parameters stay float32 and logits are returned as float32.
     precision: of the convolutions and the classifier (None: the platform's default; 'high',
       'highest').
-    batch_norm_by_matmul: batch statistics by matrix products (see `layers.BatchNorm`).
+    batch_norm_by_matmul: batch statistics by matrix products (`layers.MatmulBatchNorm`).
   """
 
   num_classes: int
@@ -114,9 +114,9 @@ class ResNet(nn.Module):
       x = nn.Conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                   dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
                   precision=self.precision, name='stem_conv')(x)  # [B, H, W, F]
-    x = layers.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                         dtype=self.dtype, param_dtype=jnp.float32,
-                         by_matmul=self.batch_norm_by_matmul, name='stem_bn')(x)
+    x = layers.batch_norm_class(self.batch_norm_by_matmul)(
+        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype,
+        param_dtype=jnp.float32, name='stem_bn')(x)
     x = nn.relu(x)
     if self.stem == 'imagenet':
       # Pads by 1 on every side like torchvision (SAME would pad only bottom/right).
