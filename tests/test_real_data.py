@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cnn_jax import data
+from cnn_jax import cli, data
 from cnn_jax.data import sources
 from cnn_jax.training import train
 from conftest import load_config
@@ -62,3 +62,19 @@ def test_the_accelerator_script_runs_every_measurement(tmp_path):
   assert all(0.1 < r['test_accuracy'] <= 1 and r['wall_s'] > 0 for r in runs)
   assert figures['population']['size'] == 4
   assert '4. A population against one model' in done.stdout
+
+
+def test_the_longer_fashion_recipe_trains(tmp_path):
+  """experiments/recipes/fashion_mnist_resnet.py (its measured run: experiments/README.md) loads
+  as a config, and its quick form trains 5 steps on the real files."""
+  recipe = cli.config_module(os.path.join(REPO, 'experiments', 'recipes',
+                                          'fashion_mnist_resnet.py'))
+  assert recipe.get_config().num_epochs == 25.0
+  config = recipe.get_config('small')
+  assert config.model.name == 'resnet_small' and config.optimizer.name == 'adamw'
+  config.progress_bar, config.num_steps = False, 5
+  config.data.train_split = 'train[:640]'
+  if not os.path.isdir(FASHION_MNIST):
+    pytest.skip(f'{FASHION_MNIST} is absent: apt-get install dataset-fashion-mnist')
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result['test']['count'] > 0 and 0.0 <= result['test']['accuracy'] <= 1.0

@@ -1,0 +1,25 @@
+"""A longer Fashion-MNIST recipe: a small ResNet for about 25 minutes on a 2-core CPU.
+
+    cnn-jax train --config experiments/recipes/fashion_mnist_resnet.py --workdir runs/fm_resnet
+
+The shipped Fashion-MNIST config (data, crop and flip, cosine schedule, batch 128) with the
+model replaced by `resnet_small` (3×3 stem, four stages of one basic block, 16 → 128 filters,
+308,538 parameters, 26 MFLOPs an image) and AdamW. Measured once (seed 0, 2-core CPU): 93.78%
+validation, 92.82% test, 1,459 s (experiments/README.md).
+"""
+
+import ml_collections
+
+from cnn_jax.configs import fashion_mnist
+
+
+def get_config(arg: str | None = None):
+  """Returns the recipe; `:small` trains 2% of the data for a quick check."""
+  config = fashion_mnist.get_config(arg)
+  config.model = ml_collections.ConfigDict({'name': 'resnet_small', 'stage_sizes': (1, 1, 1, 1),
+                                            'num_filters': 16})
+  config.optimizer.name = 'adamw'
+  config.optimizer.weight_decay = 1e-4
+  if arg is None:
+    config.num_epochs = 25.0
+  return config
