@@ -78,3 +78,11 @@ def test_the_longer_fashion_recipe_trains(tmp_path):
     pytest.skip(f'{FASHION_MNIST} is absent: apt-get install dataset-fashion-mnist')
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result['test']['count'] > 0 and 0.0 <= result['test']['accuracy'] <= 1.0
+
+
+def test_the_accelerator_script_names_a_missing_data_directory(tmp_path):
+  script = os.path.join(REPO, 'experiments', 'benchmarks', 'accelerator.py')
+  done = subprocess.run([sys.executable, script, '--fashion_dir', str(tmp_path / 'absent')],
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 2 and 'no such directory' in done.stderr
+  assert 'Traceback' not in done.stderr

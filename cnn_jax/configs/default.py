@@ -154,7 +154,7 @@ def get_config():
   config.precision = 'default'
   # Freed host memory kept in the process for the next step instead of returned to the OS and
   # faulted back in (cnn_jax/runtime/host_memory.py): True, False or 'auto' (on CPU, where
-  # it made the Fashion-MNIST ConvNet train 1.3-1.5x faster). The process keeps its peak memory.
+  # it made the Fashion-MNIST ConvNet train 1.26-1.74x faster). The process keeps its peak memory.
   config.keep_freed_memory = _true_false_or_auto()
   # Compiled programs kept between runs (cnn_jax/runtime/compilation_cache.py): 'auto' =
   # $XDG_CACHE_HOME/cnn_jax/jax or ~/.cache/cnn_jax/jax; a directory; '' = compile every time.

@@ -182,6 +182,10 @@ def main() -> None:
   parser.add_argument('--quick', action='store_true', help='A few steps of each, to check it.')
   parser.add_argument('--only', default='1234', help='The measurements to run, e.g. 13.')
   args = parser.parse_args()
+  for flag, directory in (('--fashion_dir', args.fashion_dir), ('--mnist_dir', args.mnist_dir)):
+    if directory and not os.path.isdir(directory):
+      parser.error(f'{flag} {directory}: no such directory (it should hold the four IDX files, '
+                   'e.g. /usr/share/datasets/fashion-mnist from dataset-fashion-mnist)')
   device = jax.devices()[0]
   print(f'{jax.device_count()} × {device.platform.upper()} ({device.device_kind}), '
         f'jax {jax.__version__}', flush=True)
