@@ -195,3 +195,26 @@ def test_the_lookup_table_normalises_every_pixel_value_bit_for_bit():
                                   norm(np.full((256, 1, 1, 3), 0, np.uint8)
                                        + np.arange(256, dtype=np.uint8)[:, None, None, None])
                                   [:, 0, 0, channel])
+
+
+def test_digits_split_is_scikit_learns_stratified_split_without_importing_it():
+  from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
+  from cnn_jax.data import digits as digits_source  # pylint: disable=g-import-not-at-top
+  reference = datasets.load_digits()
+  train, test = model_selection.train_test_split(
+      np.arange(len(reference.target)), test_size=0.2, random_state=0, stratify=reference.target)
+  images = reference.images.astype(np.uint8)[..., None]
+  for split, indices in (('train', train), ('test', test)):
+    loaded = digits_source.load_split(split)
+    np.testing.assert_array_equal(loaded.images, images[indices])
+    np.testing.assert_array_equal(loaded.labels, reference.target[indices])
+  # The same draw for other label sets, sizes and seeds.
+  rng = np.random.RandomState(0)
+  for seed in range(30):
+    labels = rng.randint(0, rng.randint(2, 12), size=rng.randint(60, 400))
+    labels = labels[np.isin(labels, np.flatnonzero(np.bincount(labels) >= 2))]
+    count = rng.randint(12, len(labels) // 2)
+    expected = model_selection.train_test_split(np.arange(len(labels)), test_size=count,
+                                                random_state=seed, stratify=labels)
+    for ours, theirs in zip(digits_source.stratified_split(labels, count, seed), expected):
+      np.testing.assert_array_equal(ours, theirs)
