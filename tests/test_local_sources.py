@@ -154,9 +154,12 @@ def test_a_system_copy_serves_a_tfds_name_that_tfds_has_not_prepared(idx_dir, mo
   monkeypatch.setitem(sources.SYSTEM_COPIES, 'fashion_mnist',
                       (sources.Idx, str(idx_dir), 'a test package'))
   monkeypatch.setattr(tfds_source, 'is_prepared', lambda name, data_dir: False)
+  monkeypatch.setattr(sources, '_SAID_WHERE_FROM', set())
   source = data.open_source(data.DataSpec('fashion_mnist'))
   assert isinstance(source, sources.Idx) and len(source.load_split('test')) == 360
   assert f'reading the files of a test package in {idx_dir}' in capsys.readouterr().out
+  data.open_source(data.DataSpec('fashion_mnist'))
+  assert 'reading the files' not in capsys.readouterr().out  # Said once a process.
   monkeypatch.setattr(tfds_source, 'is_prepared', lambda name, data_dir: True)  # TFDS's own.
   assert isinstance(data.open_source(data.DataSpec('fashion_mnist')), sources.Tfds)
   assert isinstance(data.open_source(data.DataSpec('fashion_mnist', download=True)),

@@ -306,20 +306,24 @@ SOURCES: dict[str, type[Source]] = {
 SYSTEM_COPIES = {
     'fashion_mnist': (Idx, '/usr/share/datasets/fashion-mnist', "Debian's dataset-fashion-mnist"),
 }
+_SAID_WHERE_FROM: set[str] = set()  # Datasets whose system copy this process has named already.
 
 
 def open_source(spec: DataSpec) -> Source:
   """Returns the source `spec.name` names (a TFDS dataset if no other), opened but not read.
 
   A TFDS dataset that TFDS has not prepared (and may not download) but a system package has
-  installed (`SYSTEM_COPIES`) is read from the package's files, and a line says so.
+  installed (`SYSTEM_COPIES`) is read from the package's files, and a line says so (once a
+  process: a benchmark opens the dataset several times).
   """
   if spec.name in SOURCES:
     return SOURCES[spec.name](spec)
   if spec.name in SYSTEM_COPIES and not spec.download:
     source, directory, package = SYSTEM_COPIES[spec.name]
     if os.path.isdir(directory) and not tfds_source.is_prepared(spec.name, spec.tfds_data_dir):
-      print(f'{spec.name}: TFDS has not prepared it, so reading the files of {package} in '
-            f'{directory}.', flush=True)
+      if spec.name not in _SAID_WHERE_FROM:
+        _SAID_WHERE_FROM.add(spec.name)
+        print(f'{spec.name}: TFDS has not prepared it, so reading the files of {package} in '
+              f'{directory}.', flush=True)
       return source(dataclasses.replace(spec, path=directory))
   return Tfds(spec)
