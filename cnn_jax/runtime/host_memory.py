@@ -9,6 +9,12 @@ for reuse: the same config then trained 1.26–1.74× faster (median 1.33), with
 in a benchmark where it had 6.3.
 The price is that the process keeps its peak memory until it ends.
 
+What this cannot reach: XLA's worker threads allocate from glibc's per-thread arenas, whose heaps
+hold at most 64 MiB, so a larger block (the ResNet recipe's 70 MB of step memory) is mapped and
+unmapped every step whatever the thresholds. `MALLOC_ARENA_MAX=1` in the environment at
+start-up avoids that (every thread then shares the main heap), but it slowed the small ConvNet by
+about 15%, so it is left to the user (README, "Training").
+
 `config.keep_freed_memory` ('auto': on CPU, where device buffers are host memory) asks for it;
 it changes process-wide allocator settings, once, and only where the C library is glibc.
 """
