@@ -155,19 +155,16 @@ def _time_the_loop(config, model, tx, state, host: list[dict], num_steps: int, w
   where the train figure above feeds batches already on the device."""
   mesh = Mesh(np.asarray(jax.devices()), ('data',))
   sharding = NamedSharding(mesh, PartitionSpec('data'))
-  table = None
+  train_step = steps.train_step_fn(model, tx, config.label_smoothing,
+                                   Augmentation(**config.augment))
   if real_data and not config.data.stream:
     dataset = data.load_dataset(setup.data_spec(config), config.data.train_split,
                                 config.data.eval_split)
-    table = loop.pixel_table(dataset)
-    batches = loop.device_train_batches(dataset, config.batch_size, config.seed, 0, sharding,
-                                        prefetch=config.data.prefetch,
-                                        raw_pixels=table is not None)
+    runner = loop.HostBatches.from_dataset(train_step, dataset, config.batch_size, config.seed, 0,
+                                           sharding, options, prefetch=config.data.prefetch)
   else:  # Synthetic batches, or those a stream gave: the same host arrays, transferred each step.
     batches = (distributed.to_global(host[i % len(host)], sharding) for i in itertools.count())
-  runner = loop.HostBatches(steps.train_step_fn(model, tx, config.label_smoothing,
-                                                Augmentation(**config.augment)),
-                            batches, options, table)
+    runner = loop.HostBatches(train_step, batches, options)
   for i in range(warmup):
     state, _ = runner(state, i, 1)
   jax.block_until_ready(state)

@@ -151,6 +151,17 @@ class HostBatches:
     self._step = jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options)
     self._batches = batches
 
+  @classmethod
+  def from_dataset(cls, train_step, dataset, batch_size: int, seed: int, start_step: int,
+                   sharding: NamedSharding, compiler_options, threads: int = 0,
+                   worker_processes: int = 0, prefetch: int = 4) -> 'HostBatches':
+    """Runs on `dataset`'s training batches from `start_step` on (`device_train_batches`); uint8
+    pixels in memory travel as they are and the step normalises them (`pixel_table`)."""
+    table = pixel_table(dataset)
+    batches = device_train_batches(dataset, batch_size, seed, start_step, sharding, threads,
+                                   worker_processes, prefetch, raw_pixels=table is not None)
+    return cls(train_step, batches, compiler_options, table)
+
   def __call__(self, state, step: int, count: int):
     """Returns (state, [(its metrics, 1)]) after one step."""
     del step, count  # Always one step: the batches come in order.

@@ -59,16 +59,14 @@ def _runner(trainee: loop.Trainee, config, dataset, plan: setup.Plan, start_step
   """The step runner, chosen once: batches from the host, or gathered from a split on the device."""
   options = cpu_kernels.compiler_options(config.cpu_kernels)
   batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
-  table = loop.pixel_table(dataset)  # uint8 pixels travel as they are, normalised on the device.
-  if config.data.on_device:
+  if config.data.on_device:  # A uint8 split stays uint8 there, normalised by each step.
     return loop.DeviceSplit(trainee.train_step, dataset, config.batch_size, plan.shuffle_seed,
                             batch_sharding, NamedSharding(mesh, PartitionSpec()), options,
-                            plan.steps_per_dispatch, table)
+                            plan.steps_per_dispatch, loop.pixel_table(dataset))
   d = config.data
-  batches = loop.device_train_batches(dataset, config.batch_size, plan.shuffle_seed, start_step,
-                                      batch_sharding, d.workers, d.worker_processes, d.prefetch,
-                                      raw_pixels=table is not None)
-  return loop.HostBatches(trainee.train_step, batches, options, table)
+  return loop.HostBatches.from_dataset(trainee.train_step, dataset, config.batch_size,
+                                       plan.shuffle_seed, start_step, batch_sharding, options,
+                                       d.workers, d.worker_processes, d.prefetch)
 
 
 def _describe(config, info: data.DatasetInfo, dataset, plan: setup.Plan, mesh: Mesh,
