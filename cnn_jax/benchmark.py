@@ -57,6 +57,8 @@ def _print_rows(results: dict[str, float]) -> None:
       print(f'  {key.removesuffix("_gflop_per_s").replace("_", " "):<20}{value:>10,.1f} GFLOP/s')
     elif key.endswith('_fraction_of_matmul'):
       print(f'  {key.removesuffix("_fraction_of_matmul") + " / matmul":<20}{value:>10.0%}')
+    elif key.endswith('_mib'):
+      print(f'  {key.removesuffix("_mib").replace("_", " "):<20}{value:>10,.1f} MiB')
     elif key.endswith('_images_per_s'):
       print(f'  {key.removesuffix("_images_per_s").replace("_", " "):<20}{value:>10,.0f} images/s')
     else:
@@ -87,7 +89,9 @@ def main(argv: list[str]) -> None:
   # pylint: disable=g-import-not-at-top
   import jax
   from cnn_jax.benchmarks import throughput, torch_reference
+  from cnn_jax.runtime import host_memory
   # pylint: enable=g-import-not-at-top
+  host_memory.apply_cpu_async_dispatch(config.cpu_async_dispatch)  # Before JAX's CPU backend.
   against_torch = args.against == 'torch'
   if against_torch:  # Fail now, not after the cnn_jax measurement: no torch, or not a ConvNet.
     torch_reference.check_config(config)
@@ -114,6 +118,11 @@ def main(argv: list[str]) -> None:
   print(f'{config.model.name} on {config.data.name}, batch {config.batch_size}, {args.data} data, '
         f'{jax.device_count()} × {device.platform.upper()}; {args.steps} timed steps')
   _print_rows(results)
+  if (device.platform == 'cpu' and config.cpu_async_dispatch
+      and results.get('train_step_memory_mib', 0) * 2**20 > host_memory.THREAD_HEAP_LIMIT):
+    print(f'The step needs more working memory than the {host_memory.THREAD_HEAP_LIMIT >> 20} MiB '
+          "a worker thread's heap keeps, so each step maps it afresh: "
+          '--config.cpu_async_dispatch=False may train faster (README, "Training").')
   if compared:
     torch = torch_reference.import_torch()
     print(f'PyTorch {torch.__version__} reference (eager, float32, NCHW, '

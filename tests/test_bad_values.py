@@ -85,6 +85,7 @@ BAD_VALUES = [
     ('pool_by_reshape', ['sometimes'], []),
     ('batch_norm_by_matmul', ['always'], []),
     ('keep_freed_memory', ['sometimes'], []),
+    ('cpu_async_dispatch', ['maybe'], []),
     ('precision', ['fp8'], []),
     ('compilation_cache', ['/etc/hostname'], []),
     ('population.size', ['-1'], []),

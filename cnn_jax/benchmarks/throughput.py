@@ -84,6 +84,7 @@ def measure(config, num_steps: int, warmup: int, real_data: bool,
   first train step is done.
   """
   validate_config(config)
+  host_memory.apply_cpu_async_dispatch(config.cpu_async_dispatch)
   host_memory.apply(config.keep_freed_memory, jax.devices()[0].platform)
   info = data.describe_dataset(setup.data_spec(config))
   model = setup.build_model(config, info.num_classes)
@@ -101,6 +102,9 @@ def measure(config, num_steps: int, warmup: int, real_data: bool,
   start = time.perf_counter()
   train_step = train_step.lower(state, batches[0]).compile()
   results['train_compile_s'] = time.perf_counter() - start
+  memory = train_step.memory_analysis()
+  if memory is not None:  # The step's working memory: over THREAD_HEAP_LIMIT, see host_memory.
+    results['train_step_memory_mib'] = memory.temp_size_in_bytes / 2**20
   for i in range(warmup):
     state, _ = train_step(state, batches[i % len(batches)])
     if i == 0 and started is not None:

@@ -132,6 +132,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     signals.TrainingInterrupted: SIGTERM or Ctrl-C; a checkpoint of every member was saved first.
   """
   # ---- check everything before any work ----------------------------------------------------------
+  # `get`: a config.json written before the key existed. Before jax.devices(): the backend starts.
+  host_memory.apply_cpu_async_dispatch(config.get('cpu_async_dispatch', True))
   mesh = Mesh(np.asarray(jax.devices()), ('data',))  # One data axis; one device is a mesh of one.
   validate_config(config, num_devices=mesh.size)
   compilation_cache.enable(config.compilation_cache)

@@ -77,6 +77,7 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   _check_choice(p, 'cpu_kernels', config.cpu_kernels, CPU_KERNELS)
   for trick in (*PLATFORM_TRICKS, 'keep_freed_memory'):
     _check_choice(p, trick, config[trick], (True, False, 'auto'))
+  _check_choice(p, 'cpu_async_dispatch', config.get('cpu_async_dispatch', True), (True, False))
   _check_choice(p, 'precision', config.precision, tuple(PRECISIONS))
   d = config.data
   _check_number(p, 'data.image_size', d.image_size, low=0, integer=True)

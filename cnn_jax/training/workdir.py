@@ -152,7 +152,7 @@ RESUMABLE_CHANGES = (
     'cpu_kernels', 'compilation_cache', 'data.test_split', 'data.tfds_data_dir', 'data.download', 'data.path',
     'data.csv', 'data.cache', 'data.stream', 'data.on_device', 'data.workers',
     'data.worker_processes', 'data.prefetch', 'pool_first', 'pool_by_reshape',
-    'batch_norm_by_matmul', 'precision', 'keep_freed_memory',
+    'batch_norm_by_matmul', 'precision', 'keep_freed_memory', 'cpu_async_dispatch',
 )
 
 
