@@ -5,9 +5,11 @@ import json
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from cnn_jax.runtime import host_memory
+from conftest import REPO
 
 # A child process (malloc's settings are process-wide): 30 steps of a convolution's forward and
 # backward pass on a batch of Fashion-MNIST-sized feature maps, whose temporaries are megabytes
@@ -67,7 +69,6 @@ def test_a_step_over_a_worker_threads_heap_keeps_its_memory_when_run_on_the_call
 
 
 def test_dispatch_cannot_change_once_the_backend_has_started(capsys):
-  import jax  # pylint: disable=g-import-not-at-top
   jax.devices()  # Started here with JAX's default, asynchronous dispatch.
   assert host_memory.set_cpu_async_dispatch(True)
   assert not host_memory.set_cpu_async_dispatch(False)
@@ -76,7 +77,6 @@ def test_dispatch_cannot_change_once_the_backend_has_started(capsys):
 
 
 def test_steps_on_the_calling_thread_compute_the_same_numbers(tmp_path):
-  from conftest import REPO  # pylint: disable=g-import-not-at-top
   records = {}
   for asynchronous in (True, False):
     workdir = tmp_path / str(asynchronous)
