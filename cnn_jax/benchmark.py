@@ -88,10 +88,11 @@ def main(argv: list[str]) -> None:
   # Imported once the flags are parsed: --help and flag mistakes answer without loading JAX.
   # pylint: disable=g-import-not-at-top
   import jax
+  from cnn_jax import speed
   from cnn_jax.benchmarks import throughput, torch_reference
-  from cnn_jax.runtime import host_memory
+  from cnn_jax.training import setup
   # pylint: enable=g-import-not-at-top
-  host_memory.apply_cpu_async_dispatch(config.cpu_async_dispatch)  # Before JAX's CPU backend.
+  speed.before_backend(config.speed)  # Before JAX's CPU backend.
   against_torch = args.against == 'torch'
   if against_torch:  # Fail now, not after the cnn_jax measurement: no torch, or not a ConvNet.
     torch_reference.check_config(config)
@@ -118,11 +119,9 @@ def main(argv: list[str]) -> None:
   print(f'{config.model.name} on {config.data.name}, batch {config.batch_size}, {args.data} data, '
         f'{jax.device_count()} × {device.platform.upper()}; {args.steps} timed steps')
   _print_rows(results)
-  if (device.platform == 'cpu' and config.cpu_async_dispatch
-      and results.get('train_step_memory_mib', 0) * 2**20 > host_memory.THREAD_HEAP_LIMIT):
-    print(f'The step needs more working memory than the {host_memory.THREAD_HEAP_LIMIT >> 20} MiB '
-          "a worker thread's heap keeps, so each step maps it afresh: "
-          '--config.cpu_async_dispatch=False may train faster (README, "Training").')
+  advice = setup.build_speed(config).advice(results.get('train_step_memory_mib', 0))
+  if advice:
+    print(advice)
   if compared:
     torch = torch_reference.import_torch()
     print(f'PyTorch {torch.__version__} reference (eager, float32, NCHW, '

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
       h, w, c = info.image_shape
       shape = (args.image_size or h, args.image_size or w, args.channels or c)
     num_classes = num_classes or info.num_classes
-  model = setup.build_model(config, num_classes)
+  model = setup.build_model(config, num_classes)  # The textbook's layers: what it computes.
   models.check_fits(model, shape)
   rows = summary.summarize(model, shape)
   mlp = summary.mlp_params(shape, tuple(getattr(model, 'dense', ())), num_classes)

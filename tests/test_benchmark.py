@@ -8,7 +8,7 @@ import time
 import pytest
 
 from cnn_jax.benchmarks import throughput
-from cnn_jax.runtime import host_memory
+from cnn_jax.speed import host_memory
 from conftest import load_config
 
 
@@ -57,6 +57,6 @@ def test_the_command_says_when_a_step_needs_more_memory_than_a_worker_threads_he
         [sys.executable, '-m', 'cnn_jax.benchmark', '--config', 'digits', '--steps', '2',
          '--warmup', '1', '--config.batch_size=8192', *extra],  # About 200 MiB a step.
         capture_output=True, text=True, timeout=300, check=True).stdout
-  hint = '--config.cpu_async_dispatch=False may train faster'
+  hint = '--config.speed.cpu_async_dispatch=False may train faster'
   assert hint in run()
-  assert hint not in run('--config.cpu_async_dispatch=False')
+  assert hint not in run('--config.speed.cpu_async_dispatch=False')

@@ -1,11 +1,15 @@
 """Configs: every shipped config validates and builds its model; each mistake names its key."""
 
+import json
+
+import jax
+import jax.numpy as jnp
 import pytest
 import tensorflow_datasets as tfds
 
 from cnn_jax import data, models
 from cnn_jax.models import summary
-from cnn_jax.training import setup
+from cnn_jax.training import losses, setup, workdir
 from cnn_jax.training.validation import config_problems, validate_config
 from cnn_jax.errors import UserError
 from conftest import CONFIG_NAMES, load_config
@@ -99,3 +103,47 @@ def test_small_variants_shorten_training_and_change_nothing_else(name):
     section_full, section_small = (full, small) if len(key) == 1 else (full[key[0]], small[key[0]])
     section_full[key[-1]] = section_small[key[-1]]
   assert full == small
+
+
+def test_an_older_config_json_is_brought_up_to_today_in_one_place(tmp_path):
+  """A workdir written before config.speed (schema 1: speed settings at the top level, no
+  data.test_split) reads back in today's layout, with what its absent keys meant."""
+  old = json.loads(load_config('digits').to_json_best_effort())
+  speed_settings = old.pop('speed')
+  old.update({'cpu_kernels': 'xla', 'pool_first': False})
+  old['population']['vectorize'] = 'vmap'
+  del old['data']['test_split'], old['compilation_cache'], old['loss']
+  (tmp_path / workdir.CONFIG_FILE).write_text(json.dumps(old))
+  config = workdir.load_run_config(str(tmp_path))
+  assert config.speed.cpu_kernels == 'xla' and config.speed.pool_first is False
+  assert config.speed.population_vectorize == 'vmap' and 'vectorize' not in config.population
+  assert config.speed.steps_per_dispatch == speed_settings['steps_per_dispatch']
+  assert 'cpu_kernels' not in config and 'pool_first' not in config
+  assert config.data.test_split == ''  # No test split then: none now.
+  assert config.compilation_cache == 'auto' and config.loss == 'cross_entropy'  # Defaults.
+  validate_config(config)
+  # A run written today says its schema, and reads back as it was saved.
+  workdir.save_run_record(str(tmp_path / 'new'), load_config('digits'))
+  saved = json.loads((tmp_path / 'new' / workdir.CONFIG_FILE).read_text())
+  assert saved[workdir.SCHEMA_KEY] == workdir.SCHEMA
+  assert workdir.config_differences(workdir.load_run_config(str(tmp_path / 'new')),
+                                    load_config('digits')) == {}
+
+
+def test_the_loss_is_looked_up_by_name_and_a_new_one_can_be_registered():
+  config = load_config('digits')
+  config.loss = 'cross_entropie'
+  assert any("did you mean 'cross_entropy'" in p for p in config_problems(config))
+  squared = lambda logits, labels, smoothing: jnp.sum(
+      (jax.nn.softmax(logits) - jax.nn.one_hot(labels, logits.shape[-1])) ** 2, axis=-1)
+  losses.register('test_squared_error', squared)
+  try:
+    config.loss = 'test_squared_error'
+    assert config_problems(config) == []
+    assert losses.get('test_squared_error') is squared
+    with pytest.raises(ValueError, match='built-in loss'):
+      losses.register('cross_entropy', squared)
+  finally:
+    del losses.LOSSES['test_squared_error']
+  with pytest.raises(UserError, match='registered: cross_entropy'):
+    losses.get('test_squared_error')

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax.training import cpu_kernels
+from cnn_jax.speed import cpu_kernels
 
 
 def _vmapped_matvec_then_sum(x):

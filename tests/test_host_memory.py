@@ -1,5 +1,5 @@
-"""Freed host memory kept for the next step (config.keep_freed_memory, and for steps needing over
-64 MiB config.cpu_async_dispatch=False): fewer page faults."""
+"""Freed host memory kept for the next step (config.speed.keep_freed_memory, and for steps
+needing over 64 MiB config.speed.cpu_async_dispatch=False): fewer page faults."""
 
 import json
 import subprocess
@@ -8,7 +8,9 @@ import sys
 import jax
 import pytest
 
-from cnn_jax.runtime import host_memory
+from cnn_jax import speed
+from cnn_jax.configs import default
+from cnn_jax.speed import host_memory
 from conftest import REPO
 
 # A child process (malloc's settings are process-wide): 30 steps of a convolution's forward and
@@ -17,10 +19,10 @@ from conftest import REPO
 _STEPS = """
 import json, resource, sys
 import jax, jax.numpy as jnp
-from cnn_jax.runtime import host_memory
+from cnn_jax.speed import host_memory
 keep, batch, asynchronous = json.loads(sys.argv[1])
 assert host_memory.set_cpu_async_dispatch(asynchronous)
-kept = host_memory.apply(keep, 'cpu')
+kept = host_memory.keep_freed_memory() if keep else False
 x = jnp.ones((batch, 28, 28, 32))
 w = jnp.ones((3, 3, 32, 64)) * 0.01
 def loss(w, x):
@@ -55,9 +57,11 @@ def test_kept_memory_is_reused_without_faulting_its_pages_back_in():
 
 
 def test_auto_keeps_freed_memory_on_cpu_only():
-  assert host_memory.apply(False, 'cpu') is False
-  assert host_memory.apply('auto', 'gpu') is False
-  assert host_memory.apply('auto', 'cpu') is host_memory.keep_freed_memory()
+  settings = default.get_config().speed
+  assert speed.resolve(settings, 'cpu').keep_freed_memory
+  assert not speed.resolve(settings, 'gpu').keep_freed_memory
+  settings.keep_freed_memory = False
+  assert not speed.resolve(settings, 'cpu').keep_freed_memory
 
 
 @pytest.mark.skipif(not host_memory.keep_freed_memory(), reason='the C library is not glibc')
@@ -82,7 +86,7 @@ def test_steps_on_the_calling_thread_compute_the_same_numbers(tmp_path):
     workdir = tmp_path / str(asynchronous)
     subprocess.run([sys.executable, '-m', 'cnn_jax.main', '--config', 'configs/digits.py',
                     '--workdir', str(workdir), '--config.num_steps=60',
-                    f'--config.cpu_async_dispatch={asynchronous}'],
+                    f'--config.speed.cpu_async_dispatch={asynchronous}'],
                    cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
     records[asynchronous] = [{k: v for k, v in json.loads(line).items() if k != 'time'}
                              for line in open(workdir / 'metrics.jsonl', encoding='utf-8')]

@@ -96,7 +96,7 @@ def test_model_fields():
   assert 'features' in fields and 'dense_dropout' in fields and 'dtype' in fields
   assert not {'parent', 'name', 'num_classes'} & set(fields)
   assert model_fields('resnet18') == ('stage_sizes', 'num_filters', 'stem', 'initializer', 'dtype',
-                                      'precision', 'batch_norm_by_matmul')
+                                      'precision', 'layer_set')
 
 
 def test_variant_fields_can_be_overridden_and_lists_become_tuples():
@@ -136,43 +136,6 @@ def test_per_block_values():
   assert inter['conv_0']['__call__'][0].shape == (2, 16, 16, 4)
   assert 'pool_0' not in inter
   assert inter['pool_1']['__call__'][0].shape == (2, 4, 4, 8)
-
-
-@pytest.mark.parametrize('size', [(8, 8), (7, 7), (9, 6)])
-@pytest.mark.parametrize('window', [2, 3])
-def test_fast_max_pool_equals_nn_max_pool(size, window):
-  x = images((*size, 3))
-  fast = Pool('max', window, window).apply({}, x)
-  reference = nn.max_pool(x, (window, window), (window, window), 'VALID')
-  assert fast.shape == reference.shape
-  np.testing.assert_array_equal(fast, reference)
-
-
-@pytest.mark.parametrize('size, window', [((8, 8), 2), ((7, 9), 2), ((9, 9), 3)])
-def test_fast_max_pool_gradient_equals_nn_max_pool_even_with_ties(size, window):
-  # Each window's gradient goes to its first maximum, as XLA's select-and-scatter and PyTorch do;
-  # the rounded inputs below make many ties, and the odd sizes leave rows outside every window.
-  x = jnp.round(images((*size, 2), batch=3) * 2) / 2
-  weights = images((size[0] // window, size[1] // window, 2), batch=3, seed=1)
-  loss = lambda pool: lambda x: jnp.sum(pool(x) * weights)
-  fast = jax.grad(loss(lambda x: Pool('max', window, window).apply({}, x)))(x)
-  reference = jax.grad(loss(lambda x: nn.max_pool(x, (window, window), (window, window))))(x)
-  np.testing.assert_array_equal(fast, reference)
-
-
-@pytest.mark.parametrize('kind', ['max', 'avg', 'l2'])
-def test_fast_path_matches_general_path(kind):
-  # Explicit zero padding means the same as 'VALID' but takes the reduce_window path.
-  x = images((7, 9, 2))
-  fast = Pool(kind, 2, 2).apply({}, x)
-  general = Pool(kind, 2, 2, padding=((0, 0), (0, 0))).apply({}, x)
-  np.testing.assert_allclose(fast, general, rtol=1e-6, atol=1e-6)
-
-
-def test_overlapping_pool_uses_reduce_window():
-  x = images((7, 7, 2))
-  out = Pool('max', 3, 2).apply({}, x)
-  np.testing.assert_array_equal(out, nn.max_pool(x, (3, 3), (2, 2), 'VALID'))
 
 
 def test_l2_pool_known_values_and_finite_gradient_at_zero():
@@ -270,81 +233,3 @@ def test_initializer_names_take_effect():
   bound = np.sqrt(6 / (9 * 1 + 9 * 4))
   assert np.abs(xavier['conv_0']['kernel']).max() <= bound
   assert not np.allclose(xavier['conv_0']['kernel'], he['conv_0']['kernel'])
-
-
-@pytest.mark.parametrize('kwargs', [
-    dict(activation='relu'), dict(activation='tanh', pool_window=3, pool_stride=2),
-    dict(activation='leaky_relu', batch_norm=True)])
-def test_pool_first_training_equals_the_textbook_order(kwargs):
-  # The fast order (conv → max pool → bias → activation) must compute the textbook network:
-  # equal logits, and gradients equal up to float summation order.
-  shape = (12, 12, 3)
-  fast = create_model('convnet', 4, features=(6, 8), dense=(), **kwargs)
-  textbook = fast.clone(pool_first=False)
-  variables = with_random_head(fast.init(jax.random.key(0), jnp.zeros((1, *shape))))
-  x = images(shape, batch=4)
-
-  def loss(params, model):
-    logits, _ = model.apply({**variables, 'params': params}, x, train=True,
-                            mutable=['batch_stats'])
-    return jnp.sum(logits ** 2), logits
-
-  (_, fast_logits), fast_grads = jax.value_and_grad(loss, has_aux=True)(variables['params'], fast)
-  (_, book_logits), book_grads = jax.value_and_grad(loss, has_aux=True)(variables['params'],
-                                                                      textbook)
-  np.testing.assert_array_equal(fast_logits, book_logits)
-  for a, b in zip(jax.tree.leaves(fast_grads), jax.tree.leaves(book_grads)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  assert any(jnp.any(g != 0) for g in jax.tree.leaves(fast_grads))
-
-
-def test_conv_has_the_parameters_and_outputs_of_flax_conv():
-  # Checkpoints and warm starts rely on the same names, shapes and initial values as nn.Conv.
-  from cnn_jax.models.layers import Conv  # pylint: disable=g-import-not-at-top
-  x = images((9, 9, 2))
-  for padding, stride in (('SAME', 1), ('VALID', 2)):
-    ours, flax_conv = Conv(5, 3, stride, padding), nn.Conv(5, (3, 3), (stride, stride), padding)
-    variables = ours.init(jax.random.key(1), x)
-    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
-        jnp.shape, flax_conv.init(jax.random.key(1), x))
-    variables = jax.tree.map(lambda v: v + 0.5, variables)  # a non-zero bias too
-    np.testing.assert_allclose(ours.apply(variables, x), flax_conv.apply(variables, x),
-                               rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize('name, kwargs', [
-    ('convnet', dict(features=(6, 8), dense=(5,), batch_norm=True)),
-    ('resnet_small', {}),
-])
-def test_batch_norm_by_matmul_computes_flax_batch_norm(name, kwargs):
-  # The statistics as matrix products and the hand-written gradient must be Flax's BatchNorm:
-  # the same parameters, logits, gradients and running averages, up to float summation order
-  # (with JAX_ENABLE_X64 and float64 models the two agree to 1e-15).
-  shape = SHAPES.get(name, (12, 12, 3))
-  fast = create_model(name, 4, batch_norm_by_matmul=True, **kwargs)
-  plain = fast.clone(batch_norm_by_matmul=False)
-  x = images(shape, batch=4) * 3.0 + 1.0  # Batch statistics far from the initial 0 and 1.
-  variables = with_random_head(fast.init(jax.random.key(0), x))
-  assert (jax.tree.structure(variables)
-          == jax.tree.structure(plain.init(jax.random.key(0), x)))
-  # A non-trivial scale and bias, so their gradients and the input's all matter.
-  variables = {**variables, 'params': jax.tree.map(
-      lambda p: p + 0.3 * jax.random.normal(jax.random.key(p.size), p.shape),
-      variables['params'])}
-
-  def loss(params, model):
-    logits, updates = model.apply({**variables, 'params': params}, x, train=True,
-                                  mutable=['batch_stats'])
-    return jnp.sum(jnp.sin(logits)), (logits, updates['batch_stats'])
-
-  results = [jax.value_and_grad(loss, has_aux=True)(variables['params'], m) for m in (fast, plain)]
-  (_, (fast_logits, fast_stats)), fast_grads = results[0]
-  (_, (plain_logits, plain_stats)), plain_grads = results[1]
-  np.testing.assert_allclose(fast_logits, plain_logits, rtol=1e-4, atol=1e-5)
-  for a, b in zip(jax.tree.leaves((fast_grads, fast_stats)),
-                  jax.tree.leaves((plain_grads, plain_stats))):
-    # Float32 sums of hundreds of terms in another order: off by ~1e-5 of the largest entry.
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.abs(b).max()))
-  assert any(jnp.any(g != 0) for g in jax.tree.leaves(fast_grads))
-  # Evaluation uses the running averages the same way.
-  np.testing.assert_array_equal(fast.apply(variables, x), plain.apply(variables, x))

@@ -150,17 +150,14 @@ def test_timed_checkpoints_and_the_learning_rate_log_the_same_for_one_model_or_m
 
 
 def test_the_members_train_alike_stepped_by_vmap_or_one_after_another(tmp_path):
-  """config.population.vectorize changes how the program steps the members, not what they learn:
-  the same losses to float32 rounding (measured: 2e-5 relative at most after 60 steps)."""
+  """config.speed.population_vectorize changes how the program steps the members, not what they
+  learn: the same losses to float32 rounding (measured: 2e-5 relative at most after 60 steps)."""
   losses = {}
   for vectorize in ('vmap', 'loop'):
     config = small_population(learning_rates=(1e-3, 3e-3, 1e-3, 2e-3),
                               dense_dropouts=(0.0, 0.0, 0.0, 0.3))
-    config.population.vectorize = vectorize
+    config.speed.population_vectorize = vectorize
     train.train_and_evaluate(config, str(tmp_path / vectorize))
     losses[vectorize] = [[r['loss'] for r in read_metrics(population.member_dir(
         str(tmp_path / vectorize), i)) if r['split'] == 'train'] for i in range(4)]
   np.testing.assert_allclose(losses['loop'], losses['vmap'], rtol=1e-4)
-  config = small_population()
-  assert population.vectorize(config, 'cpu') == 'loop'
-  assert population.vectorize(config, 'gpu') == 'vmap'

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from cnn_jax import speed
+from cnn_jax.configs import default
 from cnn_jax.models import conv_output_size, create_model
 from cnn_jax.models.summary import (LayerRow, count_params, format_summary, param_arithmetic,
                                     size_arithmetic, summarize)
@@ -48,13 +50,16 @@ def test_same_stride_2():
   assert rows['conv_0'].output_shape == ((w - f + 2 * p) // s + 1,) * 2 + (5,)
 
 
-@pytest.mark.parametrize('by_matmul', [False, True])
-def test_rows_are_in_call_order(by_matmul):
-  model = create_model('lenet5', 10, batch_norm=True, conv_dropout=0.1,
-                       batch_norm_by_matmul=by_matmul)
+@pytest.mark.parametrize('platform', ['cpu', 'gpu'])
+def test_rows_are_in_call_order_and_name_the_textbook_layers(platform):
+  # On a CPU the speed layer's batch norm, pooling and conv stand in: the rows are the same.
+  layer_set = speed.resolve(default.get_config().speed, platform).layer_set
+  model = create_model('lenet5', 10, batch_norm=True, conv_dropout=0.1, layer_set=layer_set)
   names = [r.name for r in summarize(model, (28, 28, 1))]
   assert names[:6] == ['input', 'conv_0', 'bn_0', 'pool_0', 'conv_dropout_0', 'conv_1']
   assert names[-1] == 'head'
+  kinds = [r.kind for r in summarize(model, (28, 28, 1))]
+  assert kinds[:6] == ['Input', 'Conv', 'BatchNorm', 'Pool', 'Dropout', 'Conv']
 
 
 @pytest.mark.parametrize('name, kwargs, shape', [

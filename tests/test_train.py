@@ -1,5 +1,6 @@
 """Training: the pure steps, determinism by seed, the written run record, and real learning."""
 
+import dataclasses
 import json
 import os
 
@@ -12,10 +13,10 @@ import tensorflow_datasets as tfds
 
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from cnn_jax import data, models
+from cnn_jax import data, models, speed
 from cnn_jax.data import sources
 from cnn_jax.runtime import compilation_cache
-from cnn_jax.training import loop, optim, setup, steps, train
+from cnn_jax.training import loop, losses, optim, setup, steps, train
 from cnn_jax.errors import UserError
 from cnn_jax.runtime.writers import read_metrics
 from conftest import load_config
@@ -65,8 +66,8 @@ def test_eval_step_counts_only_real_examples():
 def test_label_smoothing_raises_the_loss_of_a_confident_prediction():
   logits = jnp.asarray([[10.0, 0.0, 0.0]])
   labels = jnp.asarray([0])
-  assert float(steps.cross_entropy(logits, labels, 0.1)[0]) > float(
-      steps.cross_entropy(logits, labels)[0])
+  assert float(losses.cross_entropy(logits, labels, 0.1)[0]) > float(
+      losses.cross_entropy(logits, labels)[0])
 
 
 @pytest.mark.parametrize('name', optim.OPTIMIZERS)
@@ -201,7 +202,7 @@ def test_several_steps_per_dispatch_train_like_one_step_per_call(tmp_path):
   for per_dispatch in (1, 7):
     config = _short_digits_config()
     config.data.on_device = True
-    config.steps_per_dispatch = per_dispatch
+    config.speed.steps_per_dispatch = per_dispatch
     config.log_every_steps = 4  # Dispatches must stop at every log, eval and end.
     workdir = str(tmp_path / str(per_dispatch))
     records[per_dispatch] = (train.train_and_evaluate(config, workdir),
@@ -219,17 +220,15 @@ def test_scanned_calls_compile_one_program_whatever_the_cadence(tmp_path, monkey
   at every log, eval and save, so their lengths vary (here 10, 2, 8, 4, 6, ...); each would be a
   compilation of its own (autotuned, on a GPU). The shorter ones run the same program with steps
   skipped: JAX's compile events show one program."""
-  auto = setup.steps_per_dispatch
-  monkeypatch.setattr(setup, 'steps_per_dispatch',
-                      lambda *args, **kwargs: auto(*args, **kwargs, platform='gpu'))
+  steps_per_call = speed.Speed.steps_per_call
+  monkeypatch.setattr(speed.Speed, 'steps_per_call', lambda self, *args: steps_per_call(
+      dataclasses.replace(self, platform='gpu'), *args))
   config = _short_digits_config()
-  config.data.on_device, config.steps_per_dispatch = True, 0
+  config.data.on_device, config.speed.steps_per_dispatch = True, 0
   config.num_steps, config.log_every_steps, config.eval_every_steps = 150, 10, 22
   config.compilation_cache = ''  # Count compilations, not loads from the disk cache.
-  plan = setup.make_plan(config, 1_293)
+  plan = setup.make_plan(config, 1_293, setup.build_speed(config))
   assert plan.steps_per_dispatch == 10  # The shortest period: logs every 10 steps.
-  assert auto(config, 20, (50, 0, 0), platform='gpu') == 20  # An epoch, if shorter.
-  assert auto(config, 20, (50,), platform='cpu') == 1
   compiled = []
 
   def on_compile(event, seconds, fun_name='', **kwargs):
@@ -243,7 +242,7 @@ def test_scanned_calls_compile_one_program_whatever_the_cadence(tmp_path, monkey
   finally:
     jax.monitoring.unregister_event_duration_listener(on_compile)
   assert sum('scanned_train_steps' in name for name in compiled) == 1, compiled
-  config.steps_per_dispatch = 1  # The same run, one step per call.
+  config.speed.steps_per_dispatch = 1  # The same run, one step per call.
   stepped = train.train_and_evaluate(config, str(tmp_path / 'stepped'))
   logs = [read_metrics(str(tmp_path / w)) for w in ('scanned', 'stepped')]
   assert [(r['step'], r['split']) for r in logs[0]] == [(r['step'], r['split']) for r in logs[1]]
@@ -254,7 +253,7 @@ def test_scanned_calls_compile_one_program_whatever_the_cadence(tmp_path, monkey
 
 def test_steps_per_dispatch_needs_the_data_on_the_device(tmp_path):
   config = _short_digits_config()
-  config.steps_per_dispatch = 8
+  config.speed.steps_per_dispatch = 8
   with pytest.raises(UserError, match='data.on_device=True'):
     train.train_and_evaluate(config, str(tmp_path))
 
@@ -292,31 +291,13 @@ def _lowered_text(model, shape=(2, 8, 8, 1)) -> str:
   return jax.jit(jax.grad(loss)).lower(variables['params']).as_text()
 
 
-def test_the_cpu_tricks_are_on_where_they_win_and_each_can_be_switched():
-  """'auto': pool-before-bias, pooling by reshape and batch-norm sums by matmul on CPU only;
-  XLA's own reduce_window on a GPU or TPU, where nothing says they win. Either way the same
-  numbers."""
-  config = _short_digits_config()
-  on_cpu, on_gpu = (setup.build_model(config, 10, platform) for platform in ('cpu', 'gpu'))
-  tricks = lambda model: (model.pool_first, model.pool_by_reshape, model.batch_norm_by_matmul)
-  assert tricks(on_cpu) == (True, True, True)
-  assert tricks(on_gpu) == (False, False, False)
-  assert 'reduce_window' not in _lowered_text(on_cpu) and 'reduce_window' in _lowered_text(on_gpu)
-  config.pool_by_reshape = False  # Switched off by hand, on a CPU.
-  assert 'reduce_window' in _lowered_text(setup.build_model(config, 10, 'cpu'))
-  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 1)), jnp.float32)
-  variables = on_cpu.init(jax.random.key(0), x)
-  np.testing.assert_allclose(on_cpu.apply(variables, x), on_gpu.apply(variables, x), rtol=1e-5)
-
-
 @pytest.mark.parametrize('name', ['digits', 'resnet'])
 def test_precision_reaches_every_convolution_and_product(name):
   config = _short_digits_config()
   if name == 'resnet':
     config.model = type(config.model)({'name': 'resnet_small', 'stage_sizes': (1,),
                                        'num_filters': 4})
-    # Batch-norm sums by matmul are float32 products at any precision: count the layers' own.
-    config.batch_norm_by_matmul = False
+    # (The textbook's layers: batch-norm sums by matmul are float32 products at any precision.)
   assert 'HIGHEST' not in _lowered_text(setup.build_model(config, 10))  # 'default'
   config.precision = 'highest'
   text = _lowered_text(setup.build_model(config, 10))

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from cnn_jax import data, models
+from cnn_jax import data, models, speed
 from cnn_jax.benchmarks import time_to_accuracy, torch_reference
-from cnn_jax.runtime import distributed, host_memory
-from cnn_jax.training import cpu_kernels, loop, setup, steps
+from cnn_jax.runtime import distributed
+from cnn_jax.training import loop, losses, setup, steps
 from cnn_jax.training.augment import Augmentation
 from cnn_jax.training.validation import validate_config
 
@@ -83,11 +83,12 @@ def measure(config, num_steps: int, warmup: int, real_data: bool,
   `started`: the command's start (`time.perf_counter()`), for 'first_step_s', the wait until the
   first train step is done.
   """
+  speed.before_backend(config.speed)
   validate_config(config)
-  host_memory.apply_cpu_async_dispatch(config.cpu_async_dispatch)
-  host_memory.apply(config.keep_freed_memory, jax.devices()[0].platform)
+  run_speed = setup.build_speed(config)
+  run_speed.apply()
   info = data.describe_dataset(setup.data_spec(config))
-  model = setup.build_model(config, info.num_classes)
+  model = setup.build_model(config, info.num_classes, run_speed)
   models.check_fits(model, info.image_shape)
   tx, _ = setup.build_optimizer(config, num_steps + warmup)
   state = steps.create_train_state(model, tx, jax.random.key(config.seed), info.image_shape)
@@ -96,8 +97,8 @@ def measure(config, num_steps: int, warmup: int, real_data: bool,
   results = dict(input_results)
   batches = [jax.device_put(b) for b in host]
 
-  options = cpu_kernels.compiler_options(config.cpu_kernels)
-  train_step = steps.make_train_step(model, tx, config.label_smoothing,
+  options = run_speed.compiler_options()
+  train_step = steps.make_train_step(model, tx, losses.get(config.loss), config.label_smoothing,
                                      Augmentation(**config.augment), options)
   start = time.perf_counter()
   train_step = train_step.lower(state, batches[0]).compile()
@@ -122,7 +123,7 @@ def measure(config, num_steps: int, warmup: int, real_data: bool,
   state, results['train_loop_images_per_s'] = _time_the_loop(
       config, model, tx, state, host, num_steps, warmup, real_data, options)
 
-  eval_step = steps.make_eval_step(model)
+  eval_step = steps.make_eval_step(model, losses.get(config.loss))
   eval_batch = {'image': jnp.zeros((eval_size, *info.image_shape), jnp.float32),
                 'label': jnp.zeros((eval_size,), jnp.int32), 'mask': jnp.ones((eval_size,))}
   start = time.perf_counter()
@@ -159,7 +160,7 @@ def _time_the_loop(config, model, tx, state, host: list[dict], num_steps: int, w
   where the train figure above feeds batches already on the device."""
   mesh = Mesh(np.asarray(jax.devices()), ('data',))
   sharding = NamedSharding(mesh, PartitionSpec('data'))
-  train_step = steps.train_step_fn(model, tx, config.label_smoothing,
+  train_step = steps.train_step_fn(model, tx, losses.get(config.loss), config.label_smoothing,
                                    Augmentation(**config.augment))
   if real_data and not config.data.stream:
     dataset = data.load_dataset(setup.data_spec(config), config.data.train_split,
@@ -208,7 +209,8 @@ def time_to_target(config, target: float, max_epochs: int, against_torch: bool) 
   keys prefixed 'torch_') on the config's real dataset, loaded once for both."""
   dataset = data.load_dataset(setup.data_spec(config), config.data.train_split,
                               config.data.eval_split)
-  runs = {'': time_to_accuracy.time_to_accuracy(config, dataset, target, max_epochs)}
+  runs = {'': time_to_accuracy.time_to_accuracy(config, dataset, target, max_epochs,
+                                                setup.build_speed(config))}
   if against_torch:
     runs['torch_'] = torch_reference.time_to_accuracy_torch(config, dataset, target, max_epochs)
   rename = {'seconds': 's'}

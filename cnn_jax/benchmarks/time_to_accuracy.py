@@ -15,7 +15,8 @@ from collections.abc import Callable
 import jax
 
 from cnn_jax import data
-from cnn_jax.training import cpu_kernels, setup, steps
+from cnn_jax import speed
+from cnn_jax.training import losses, setup, steps
 from cnn_jax.training.augment import Augmentation
 
 
@@ -43,9 +44,10 @@ def train_until(train_epoch: Callable[[int], None], evaluate: Callable[[], float
   return {'seconds': None, 'epochs': max_epochs, 'accuracy': accuracy}
 
 
-def time_to_accuracy(config, dataset: data.Dataset, target: float, max_epochs: int
-                     ) -> dict[str, float | int | None]:
-  """Trains `config`'s model with cnn_jax's jitted steps until its eval accuracy reaches `target`.
+def time_to_accuracy(config, dataset: data.Dataset, target: float, max_epochs: int,
+                     run_speed: speed.Speed) -> dict[str, float | int | None]:
+  """Trains `config`'s model with cnn_jax's jitted steps, as fast as `run_speed` makes them,
+  until its eval accuracy reaches `target`.
 
   The clock starts before the model is built, so the seconds include initialisation, compilation,
   host batch assembly and every evaluation; 'compile_s' (the part before the first training step)
@@ -54,21 +56,21 @@ def time_to_accuracy(config, dataset: data.Dataset, target: float, max_epochs: i
   Returns:
     `train_until`'s {'seconds', 'epochs', 'accuracy'} plus 'compile_s'.
   """
-  plan = setup.make_plan(config, len(dataset.train))
+  plan = setup.make_plan(config, len(dataset.train), run_speed)
   per_epoch, seed = plan.steps_per_epoch, plan.shuffle_seed
   start = time.perf_counter()
-  model = setup.build_model(config, dataset.info.num_classes)
+  model = setup.build_model(config, dataset.info.num_classes, run_speed)
   tx, _ = setup.build_optimizer(config, plan.num_steps)
   state = steps.create_train_state(model, tx, jax.random.key(config.seed), dataset.info.image_shape)
   train_batch = lambda i: jax.device_put(data.train_batch(
       dataset.train, dataset.normalizer, config.batch_size, seed, i))
   eval_batches = lambda: map(jax.device_put, data.eval_batches(
       dataset.eval, dataset.normalizer, config.eval_batch_size))
-  options = cpu_kernels.compiler_options(config.cpu_kernels)
-  train_step = steps.make_train_step(model, tx, config.label_smoothing,
-                                     Augmentation(**config.augment), options)
+  loss = losses.get(config.loss)
+  train_step = steps.make_train_step(model, tx, loss, config.label_smoothing,
+                                     Augmentation(**config.augment), run_speed.compiler_options())
   train_step = train_step.lower(state, train_batch(0)).compile()
-  eval_step = steps.make_eval_step(model).lower(state, next(eval_batches())).compile()
+  eval_step = steps.make_eval_step(model, loss).lower(state, next(eval_batches())).compile()
   compile_s = time.perf_counter() - start
 
   def train_epoch(epoch: int) -> None:

@@ -78,8 +78,12 @@ def import_torch():
 
 
 def check_config(config) -> None:
-  """Raises UserError now if `config` cannot be measured in PyTorch: no torch, or no ConvNet."""
+  """Raises UserError now if `config` cannot be measured in PyTorch: no torch, no ConvNet, or a
+  loss other than cross-entropy."""
   _convnet(config.model.name, setup.model_kwargs(config.model), 2)
+  if config.loss != 'cross_entropy':
+    raise UserError(f'the PyTorch reference trains with cross-entropy; config.loss={config.loss!r} '
+                    'has no PyTorch counterpart there.')
   import_torch()
 
 

@@ -82,10 +82,6 @@ def get_config():
   # process); transferred ahead to the devices from a split in memory.
   config.data.prefetch = 4
   config.data.on_device = False  # Hold the whole training split on the device (digits, MNIST).
-  # Steps per compiled call with data.on_device (lax.scan over steps): 1 = one call per step;
-  # 0 = auto: on GPU/TPU an epoch, or the steps between logs, evaluations or saves if fewer;
-  # 1 on CPU, where scanned convolutions run slower.
-  config.steps_per_dispatch = 0
   config.data.csv = config_dict.placeholder(str)  # 'csv' source: CSV of file and label columns.
   config.data.csv_file_column = ''  # '' = the first of filename, file, image, image_id, id, path.
   config.data.csv_label_column = ''  # '' = the first of label, class, category, target.
@@ -127,6 +123,9 @@ def get_config():
   config.optimizer.nesterov = False  # SGD only.
   config.optimizer.weight_decay = 0.0  # Decoupled for adamw; added to the gradient (L2) otherwise.
   config.optimizer.grad_clip_norm = 0.0  # Clip the global gradient norm to this; 0 = no clipping.
+  # What training minimises: a name in cnn_jax.training.losses.LOSSES ('cross_entropy', softmax
+  # cross-entropy on integer labels, what the textbook's classifiers use), or one registered.
+  config.loss = 'cross_entropy'
   config.label_smoothing = 0.0  # Mass spread uniformly over all classes in the targets.
 
   config.batch_size = 128  # Global training batch; must divide by the number of devices.
@@ -134,36 +133,49 @@ def get_config():
   config.num_epochs = 10.0  # Training length in passes over the training split (may be fractional).
   config.num_steps = 0  # If > 0, the training length in steps instead of epochs.
   config.dtype = 'float32'  # Computation dtype; parameters are always float32.
-  # CPU only: 'ynnpack' hands XLA's matrix products to YNNPACK (2-4x faster train steps on
-  # CPU, see cnn_jax/cpu_kernels.py); 'xla' keeps XLA:CPU's own kernels.
-  config.cpu_kernels = 'ynnpack'
-  # Three ways to compute the same numbers faster, each True, False or 'auto' (where it was
-  # measured to win: on CPU). ConvNet training computes conv → max pool → bias → activation,
-  # the textbook conv → bias → activation → max pool's numbers for monotone activations, on a
-  # tensor 4× smaller.
-  config.pool_first = _true_false_or_auto()
-  # Non-overlapping pooling (window = stride, VALID) by crop + reshape + reduce, with a
-  # hand-written max-pool gradient, instead of XLA's reduce_window (a slow loop on XLA:CPU).
-  config.pool_by_reshape = _true_false_or_auto()
-  # Batch norm's per-channel sums over batch and space as matrix products with a vector of ones,
-  # with a hand-written gradient, instead of XLA's reductions (slow loops on XLA:CPU).
-  config.batch_norm_by_matmul = _true_false_or_auto()
   # Float32 convolutions and matrix products: 'default' = the platform's fastest (float32 on
   # CPU; TF32 on NVIDIA GPUs since Ampere, as PyTorch's and Keras's convolutions; one bfloat16
   # pass on TPU); 'high' (TPU: 3 passes); 'highest' = float32 everywhere, CPU's numbers.
   config.precision = 'default'
-  # Freed host memory kept in the process for the next step instead of returned to the OS and
-  # faulted back in (cnn_jax/runtime/host_memory.py): True, False or 'auto' (on CPU, where
-  # it made the Fashion-MNIST ConvNet train 1.26-1.74x faster). The process keeps its peak memory.
-  config.keep_freed_memory = _true_false_or_auto()
-  # CPU: run each step on a worker thread while Python prepares the next batch (True, JAX's
-  # default), or on the calling thread (False), whose heap keeps a step's working memory over
-  # 64 MiB for the next step (the benchmark prints it): 1.25-1.40x faster for the Fashion-MNIST
-  # ConvNet at batch 256, slower for small steps (runtime/host_memory.py).
-  config.cpu_async_dispatch = True
   # Compiled programs kept between runs (cnn_jax/runtime/compilation_cache.py): 'auto' =
   # $XDG_CACHE_HOME/cnn_jax/jax or ~/.cache/cnn_jax/jax; a directory; '' = compile every time.
   config.compilation_cache = 'auto'
+
+  # ---- speed: ways to compute the same numbers faster (cnn_jax/speed), none changes a result ---
+  # 'auto' settings are decided for the run's platform by cnn_jax.speed.resolve, in one place.
+  config.speed = ml_collections.ConfigDict()
+  # CPU only: 'ynnpack' hands XLA's matrix products to YNNPACK (2-4x faster train steps on
+  # CPU, see cnn_jax/speed/cpu_kernels.py); 'xla' keeps XLA:CPU's own kernels.
+  config.speed.cpu_kernels = 'ynnpack'
+  # Three ways to compute the same numbers faster, each True, False or 'auto' (where it was
+  # measured to win: on CPU). ConvNet training computes conv → max pool → bias → activation,
+  # the textbook conv → bias → activation → max pool's numbers for monotone activations, on a
+  # tensor 4× smaller.
+  config.speed.pool_first = _true_false_or_auto()
+  # Non-overlapping pooling (window = stride, VALID) by crop + reshape + reduce, with a
+  # hand-written max-pool gradient, instead of XLA's reduce_window (a slow loop on XLA:CPU).
+  config.speed.pool_by_reshape = _true_false_or_auto()
+  # Batch norm's per-channel sums over batch and space as matrix products with a vector of ones,
+  # with a hand-written gradient, instead of XLA's reductions (slow loops on XLA:CPU).
+  config.speed.batch_norm_by_matmul = _true_false_or_auto()
+  # Freed host memory kept in the process for the next step instead of returned to the OS and
+  # faulted back in (cnn_jax/speed/host_memory.py): True, False or 'auto' (on CPU, where it
+  # made the Fashion-MNIST ConvNet train 1.26-1.74x faster). The process keeps its peak memory.
+  config.speed.keep_freed_memory = _true_false_or_auto()
+  # CPU: run each step on a worker thread while Python prepares the next batch (True, JAX's
+  # default), or on the calling thread (False), whose heap keeps a step's working memory over
+  # 64 MiB for the next step (the benchmark prints it): 1.25-1.40x faster for the Fashion-MNIST
+  # ConvNet at batch 256, slower for small steps (speed/host_memory.py).
+  config.speed.cpu_async_dispatch = True
+  # Steps per compiled call with data.on_device (lax.scan over steps): 1 = one call per step;
+  # 0 = auto: on GPU/TPU an epoch, or the steps between logs, evaluations or saves if fewer;
+  # 1 on CPU, where scanned convolutions run slower.
+  config.speed.steps_per_dispatch = 0
+  # How one program steps a population's members: 'vmap' (one batched step: grouped
+  # convolutions that fill a GPU or TPU), 'loop' (the members' steps one after another inside
+  # the program, each a single model's step; compiling takes longer with more members), or
+  # 'auto' (loop on CPU, vmap elsewhere).
+  config.speed.population_vectorize = 'auto'
 
   # ---- population: several models trained at once in one program (training/population.py) ------
   # Members share every batch and differ in the values listed below; each list has one value per
@@ -171,11 +183,6 @@ def get_config():
   # ordinary run in WORKDIR/member_XX, which evaluate, predict and report accept.
   config.population = ml_collections.ConfigDict()
   config.population.size = 0  # Members; 0 or 1 trains a single model.
-  # How one program steps the members: 'vmap' (one batched step: grouped convolutions that fill
-  # a GPU or TPU), 'loop' (the members' steps one after another inside the program, each a
-  # single model's step; compiling takes longer with more members), or 'auto' (loop on CPU,
-  # vmap elsewhere).
-  config.population.vectorize = 'auto'
   # Initialisation and dropout seeds; () = `seed` for every member, which then differ only in
   # the values compared below.
   config.population.seeds = ()

@@ -1,13 +1,16 @@
-"""Building blocks shared by the models: convolution, pooling, batch norm, activations and kernel
-initialisers.
+"""Building blocks shared by the models: pooling, dropout, the conv block, activations and kernel
+initialisers, and the set of layer constructors a model builds from (`LayerSet`).
+
+The models build from Flax's own layers (`TEXTBOOK`); `cnn_jax.speed` hands them layers that
+compute the same numbers faster on some platforms, through the same `LayerSet`.
 
 Activations and initialisers are looked up by the names a config uses; an unknown name is a
 `UserError` that lists the allowed ones. Pooling is a module (not a bare function) so that it shows
 up in `capture_intermediates` and in `cnn_jax.models.summary`.
 """
 
+import dataclasses
 import difflib
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,9 +46,6 @@ INITIALIZERS: dict[str, nn.initializers.Initializer] = {
   'lecun_normal': nn.initializers.lecun_normal(),
   'lecun_uniform': nn.initializers.lecun_uniform(),
 }
-
-# Activations that never decrease: max(f(a), f(b)) = f(max(a, b)), so max pooling may come first.
-MONOTONE_ACTIVATIONS = ('relu', 'tanh', 'sigmoid', 'elu', 'leaky_relu')
 
 POOL_KINDS = ('max', 'avg', 'l2', 'none')
 
@@ -135,71 +135,6 @@ def get_initializer(name: str) -> nn.initializers.Initializer:
   return INITIALIZERS[choose('initializer', name, tuple(INITIALIZERS))]
 
 
-def _window_slices(x: jax.Array, w: int) -> list[jax.Array]:
-  """The w² strided views [B, H//w, W//w, C] of `x`, one per position in a w × w window, in
-  row-major window order; rows and columns that do not fill a window are dropped (VALID)."""
-  ho, wo = x.shape[1] // w, x.shape[2] // w
-  return [x[:, i:ho * w:w, j:wo * w:w] for i in range(w) for j in range(w)]
-
-
-def _crop_to_windows(x: jax.Array, w: int) -> jax.Array:
-  """[B, H, W, C] → [B, H//w, w, W//w, w, C]: VALID pooling drops what does not fill a window."""
-  b, h, wd, c = x.shape
-  ho, wo = h // w, wd // w
-  return x[:, :ho * w, :wo * w].reshape(b, ho, w, wo, w, c)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool_valid(x: jax.Array, w: int) -> jax.Array:
-  """Non-overlapping VALID max pooling (window == stride == w), with a hand-written gradient.
-
-  XLA:CPU lowers `reduce_window` (what `nn.max_pool` uses) to a slow loop and its gradient to a
-  slower select-and-scatter; the gradient JAX derives for reshape + max (which ties windows'
-  maxima by counting them) takes several passes. Here the forward pass is reshape + max and the
-  gradient one pass over the window's strided slices: the Keras MNIST convnet's train step went
-  from about 7,000 to 10,000 images/s on a 2-core CPU.
-  """
-  return _crop_to_windows(x, w).max(axis=(2, 4))
-
-
-def _max_pool_forward(x, w):
-  y = _max_pool_valid(x, w)
-  return y, (x, y)
-
-
-def _max_pool_backward(w, residuals, g):
-  """Routes each window's gradient to its first maximal element in row-major order, as
-  PyTorch's MaxPool2d and XLA's select-and-scatter do."""
-  x, y = residuals
-  b, h, wd, c = x.shape
-  ho, wo = y.shape[1:3]
-  taken = jnp.zeros(y.shape, bool)
-  grads = []
-  for part in _window_slices(x, w):
-    hit = (part == y) & ~taken
-    taken = taken | hit
-    grads.append(jnp.where(hit, g, jnp.zeros_like(g)))
-  dx = jnp.stack(grads, axis=3).reshape(b, ho, wo, w, w, c)  # [B, Ho, Wo, i, j, C]
-  dx = dx.transpose(0, 1, 3, 2, 4, 5).reshape(b, ho * w, wo * w, c)
-  return (jnp.pad(dx, ((0, 0), (0, h - ho * w), (0, wd - wo * w), (0, 0))),)
-
-
-_max_pool_valid.defvjp(_max_pool_forward, _max_pool_backward)
-
-
-def _pool_valid(x: jax.Array, kind: str, w: int) -> jax.Array:
-  """Non-overlapping VALID pooling (window == stride == w) by crop + reshape + reduce.
-
-  Gives exactly the values of `nn.max_pool` / `nn.avg_pool` at a fraction of their cost on CPU.
-  """
-  if kind == 'max':
-    return _max_pool_valid(x, w)
-  windows = _crop_to_windows(x, w)
-  if kind == 'avg':
-    return windows.mean(axis=(2, 4))
-  return jnp.sqrt(jnp.sum(jnp.square(windows), axis=(2, 4)) + L2_POOL_EPS)  # 'l2'
-
-
 class Pool(nn.Module):
   """2-D spatial pooling over `[B, H, W, C]`.
 
@@ -210,16 +145,12 @@ class Pool(nn.Module):
     stride: step between windows.
     padding: 'VALID', 'SAME' or explicit ((top, bottom), (left, right)) pairs, as for `nn.max_pool`.
       'avg' counts padded zeros in the mean, as `nn.avg_pool` does by default.
-    by_reshape: non-overlapping VALID pooling (window == stride) by crop + reshape + reduce, max
-      pooling with a hand-written gradient (the same values and gradients), instead of XLA's
-      reduce_window, which XLA:CPU runs as a slow loop.
   """
 
   kind: str = 'max'
   window: int = 2
   stride: int = 2
   padding: str | Sequence[tuple[int, int]] = 'VALID'
-  by_reshape: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -227,10 +158,7 @@ class Pool(nn.Module):
     choose('pool', self.kind, POOL_KINDS)
     if self.kind == 'none':
       return x
-    w, s = self.window, self.stride
-    if self.by_reshape and w == s and self.padding == 'VALID':
-      return _pool_valid(x, self.kind, w)
-    window, strides = (w, w), (s, s)
+    window, strides = (self.window, self.window), (self.stride, self.stride)
     if self.kind == 'max':
       return nn.max_pool(x, window, strides, self.padding)
     if self.kind == 'avg':
@@ -240,147 +168,6 @@ class Pool(nn.Module):
     # traced zero array would make a generic window reduction, which it cannot.
     sq = nn.pool(jnp.square(x), 0., jax.lax.add, window, strides, self.padding)
     return jnp.sqrt(sq + L2_POOL_EPS)
-
-
-class Conv(nn.Module):
-  """A 2-D convolution over [B, H, W, C] with the parameters of `nn.Conv` ('kernel' [k, k, C, F],
-  'bias' [F]), whose bias can be left for the caller to add later with `add_bias`.
-
-  Why: in conv ─► activation ─► max pool, adding the per-channel bias and applying a monotone
-  activation after the pooling gives the same numbers (max(z + b) = max(z) + b exactly, even in
-  floating point, since rounding is monotone) on a tensor the pool made 4× smaller. On a 2-core CPU
-  the Keras MNIST convnet trained at 10,400 images/s this way and 4,100 in the textbook order.
-
-  Attributes:
-    features: output channels F.
-    kernel_size: square kernel side k.
-    strides: stride in both directions.
-    padding: 'SAME' or 'VALID'.
-    use_bias: whether there is a bias.
-    dtype: computation dtype (inputs, kernel and bias are cast to it, as `nn.Conv` does).
-    param_dtype: parameter dtype.
-    kernel_init: kernel initialiser.
-    precision: of the convolution, as for `nn.Conv` (None: the platform's default).
-  """
-
-  features: int
-  kernel_size: int
-  strides: int = 1
-  padding: str = 'SAME'
-  use_bias: bool = True
-  dtype: jnp.dtype = jnp.float32
-  param_dtype: jnp.dtype = jnp.float32
-  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-  precision: str | None = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array, add_bias: bool = True) -> jax.Array:
-    """Maps [B, H, W, C] to [B, H', W', F]; with add_bias=False the bias is left out."""
-    k = self.kernel_size
-    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features),
-                        self.param_dtype)
-    if self.use_bias:  # Created here (first call), read back by `add_bias`.
-      self.param('bias', nn.initializers.zeros_init(), (self.features,), self.param_dtype)
-    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    y = jax.lax.conv_general_dilated(x, kernel, (self.strides, self.strides), self.padding,
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                     precision=self.precision)
-    return self.add_bias(y) if add_bias else y
-
-  def add_bias(self, y: jax.Array) -> jax.Array:
-    """Adds this layer's bias (if it has one) to `y` [..., F], of any spatial size."""
-    if not self.use_bias:
-      return y
-    return y + jnp.asarray(self.get_variable('params', 'bias'), self.dtype)
-
-
-def _channel_sums(x: jax.Array) -> jax.Array:
-  """Sums [..., C] over every axis but the last, as a matrix product with a vector of ones."""
-  rows = x.reshape(-1, x.shape[-1])
-  return jnp.dot(jnp.ones((rows.shape[0],), rows.dtype), rows,
-                 precision=jax.lax.Precision.HIGHEST)  # [C], float32 on every platform
-
-
-def _batch_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The per-channel mean and (biased) variance of [..., C], as Flax's fast variance computes them:
-  E[x²] − E[x]², clipped at zero."""
-  n = x.size // x.shape[-1]
-  mean = _channel_sums(x) / n
-  return mean, jnp.maximum(_channel_sums(x * x) / n - mean * mean, 0.0)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _normalize_by_matmul(x, scale, bias, epsilon):
-  """(x − mean) / sqrt(var + ε) · scale + bias with the batch's own statistics; returns
-  (y, mean, var). The statistics are outputs so the running averages reuse them; they carry no
-  gradient (the caller stops it)."""
-  return _normalize_forward(x, scale, bias, epsilon)[0]
-
-
-def _normalize_forward(x, scale, bias, epsilon):
-  mean, var = _batch_stats(x)
-  inv = jax.lax.rsqrt(var + epsilon)
-  return ((x - mean) * (inv * scale) + bias, mean, var), (x, mean, inv, scale)
-
-
-def _normalize_backward(epsilon, residuals, cotangents):
-  # The textbook batch-norm gradient, two sums over the batch instead of autodiff's six passes:
-  # dbias = Σg, dscale = Σg·x̂, dx = scale/σ · (g − Σg/n − x̂·Σg·x̂/n).
-  del epsilon
-  x, mean, inv, scale = residuals
-  g = cotangents[0]  # The statistics' cotangents are zero: the caller stops their gradient.
-  n = x.size // x.shape[-1]
-  x_hat = (x - mean) * inv
-  g_sum, g_x_hat_sum = _channel_sums(g), _channel_sums(g * x_hat)
-  dx = (scale * inv) * (g - g_sum / n - x_hat * (g_x_hat_sum / n))
-  return dx, g_x_hat_sum, g_sum
-
-
-_normalize_by_matmul.defvjp(_normalize_forward, _normalize_backward)
-
-
-class MatmulBatchNorm(nn.BatchNorm):
-  """`nn.BatchNorm` over the last axis whose training statistics are matrix products: the same
-  parameters, running averages and numbers (up to float rounding in training, exactly in
-  evaluation), faster on CPU.
-
-  Why: XLA:CPU splits a large reduction (one channel's sum over batch × height × width) into
-  reduce-windows that run as slow loops; in the Fashion-MNIST ConvNet the batch-norm sums took
-  about a third of a train step. Here the sums are matrix products with a vector of ones (fast
-  kernels, float32 accumulation at any `precision`) and the gradient is written out in two sums,
-  not autodiff's six passes. (A subclass that overrides the whole call, never calling Flax's:
-  a module called twice would show twice in summaries and captured feature maps.)
-  """
-
-  @nn.compact
-  def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
-    """Normalises [..., C]; in training (use_running_average False) updates the averages."""
-    if self.axis not in (-1, x.ndim - 1) or self.axis_name is not None:
-      raise ValueError('MatmulBatchNorm normalises the last axis, within one program')
-    channels = (x.shape[-1],)
-    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), channels)
-    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), channels)
-    scale = (self.param('scale', self.scale_init, channels, self.param_dtype)
-             if self.use_scale else jnp.ones(channels))
-    bias = (self.param('bias', self.bias_init, channels, self.param_dtype)
-            if self.use_bias else jnp.zeros(channels))
-    wide = jnp.promote_types(x.dtype, jnp.float32)  # Statistics in float32 at least, as Flax's.
-    if nn.merge_param('use_running_average', self.use_running_average, use_running_average):
-      # Flax's own operations, in its order, so evaluation gives its numbers bit for bit.
-      y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
-      return y.astype(self.dtype or wide)
-    y, mean, var = _normalize_by_matmul(x.astype(wide), jnp.asarray(scale, wide),
-                                        jnp.asarray(bias, wide), self.epsilon)
-    mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
-    if not self.is_initializing():
-      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    return y.astype(self.dtype or wide)
-
-
-def batch_norm_class(by_matmul: bool) -> type[nn.BatchNorm]:
-  """The batch-norm module a model uses: `MatmulBatchNorm`, or Flax's own."""
-  return MatmulBatchNorm if by_matmul else nn.BatchNorm
 
 
 class Dropout(nn.Module):
@@ -403,3 +190,41 @@ class Dropout(nn.Module):
     keep_prob = 1.0 - self.rate
     mask = jax.random.bernoulli(self.make_rng('dropout'), p=keep_prob, shape=x.shape)
     return jax.lax.select(mask, x / keep_prob, jnp.zeros_like(x))
+
+
+def conv_block(x: jax.Array, conv: nn.Module, norm: nn.Module | None,
+               activation: Callable[[jax.Array], jax.Array], pool: nn.Module,
+               train: bool) -> jax.Array:
+  """One conv block in the textbook order: conv ─► (batch norm) ─► activation ─► pool.
+
+  Args:
+    x: [B, H, W, C].
+    conv: the block's convolution; `norm`: its batch norm, or None; `pool`: its pooling layer.
+    activation: applied after the convolution (and batch norm).
+    train: batch norm uses the batch's statistics (and updates its averages) instead of them.
+  """
+  x = conv(x)  # [B, H', W', F]
+  if norm is not None:
+    x = norm(x, use_running_average=not train)
+  x = activation(x)
+  return x if pool.kind == 'none' else pool(x)  # [B, H'', W'', F]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSet:
+  """The layer constructors a model builds from, passed as a module field (as Flax's ImageNet
+  example passes `conv` and `norm`): a forked model can swap one without touching the others.
+
+  Attributes:
+    conv: a 2-D convolution with `nn.Conv`'s fields and parameters.
+    norm: a batch norm with `nn.BatchNorm`'s fields, parameters and variables.
+    pool: a pooling layer with `Pool`'s fields.
+    block: `conv_block`'s signature and numbers: how one ConvNet block runs its layers.
+  """
+  conv: Callable[..., nn.Module] = nn.Conv
+  norm: Callable[..., nn.Module] = nn.BatchNorm
+  pool: Callable[..., nn.Module] = Pool
+  block: Callable[..., jax.Array] = conv_block
+
+
+TEXTBOOK = LayerSet()  # Flax's own layers, in the order the textbook draws them.

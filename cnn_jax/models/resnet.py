@@ -30,7 +30,7 @@ class ResidualBlock(nn.Module):
     initializer: kernel initialiser name (see `layers.INITIALIZERS`).
     dtype: computation dtype.
     precision: of the convolutions (None: the platform's default).
-    batch_norm_by_matmul: batch statistics by matrix products (`layers.MatmulBatchNorm`).
+    layer_set: the conv and batch norm layers it builds from (see `layers.LayerSet`).
   """
 
   filters: int
@@ -38,17 +38,18 @@ class ResidualBlock(nn.Module):
   initializer: str = 'he'
   dtype: Any = jnp.float32
   precision: str | None = None
-  batch_norm_by_matmul: bool = False
+  layer_set: layers.LayerSet = layers.TEXTBOOK
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Maps [B, H, W, C] to [B, H/strides, W/strides, filters]."""
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+    conv = functools.partial(self.layer_set.conv, use_bias=False, dtype=self.dtype,
+                             param_dtype=jnp.float32,
                              kernel_init=layers.get_initializer(self.initializer),
                              precision=self.precision)
-    norm = functools.partial(layers.batch_norm_class(self.batch_norm_by_matmul),
-                             use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32)
+    norm = functools.partial(self.layer_set.norm, use_running_average=not train,
+                             momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype,
+                             param_dtype=jnp.float32)
     s = (self.strides, self.strides)
     y = conv(self.filters, (3, 3), s, padding=((1, 1), (1, 1)), name='conv_0')(x)
     y = nn.relu(norm(name='bn_0')(y))
@@ -76,7 +77,7 @@ class ResNet(nn.Module):
     dtype: computation dtype; parameters stay float32 and logits are returned as float32.
     precision: of the convolutions and the classifier (None: the platform's default; 'high',
       'highest').
-    batch_norm_by_matmul: batch statistics by matrix products (`layers.MatmulBatchNorm`).
+    layer_set: the conv, batch norm and pooling layers it builds from (see `layers.LayerSet`).
   """
 
   num_classes: int
@@ -86,7 +87,7 @@ class ResNet(nn.Module):
   initializer: str = 'he'
   dtype: Any = jnp.float32
   precision: str | None = None
-  batch_norm_by_matmul: bool = False
+  layer_set: layers.LayerSet = layers.TEXTBOOK
 
   def __post_init__(self):
     # Check at construction, so a bad config fails in `create_model`, before any data is loaded.
@@ -104,30 +105,28 @@ class ResNet(nn.Module):
       x: float images, [B, H, W, C].
       train: updates the batch statistics (mutable 'batch_stats') instead of using them.
     """
-    kernel_init = layers.get_initializer(self.initializer)
+    ops = self.layer_set
+    conv = functools.partial(ops.conv, self.num_filters, use_bias=False, dtype=self.dtype,
+                             param_dtype=jnp.float32,
+                             kernel_init=layers.get_initializer(self.initializer),
+                             precision=self.precision, name='stem_conv')
     x = x.astype(self.dtype)
     if self.stem == 'imagenet':
-      x = nn.Conv(self.num_filters, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                  dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                  precision=self.precision, name='stem_conv')(x)  # [B, H/2, W/2, F]
+      x = conv((7, 7), (2, 2), padding=((3, 3), (3, 3)))(x)  # [B, H/2, W/2, F]
     else:
-      x = nn.Conv(self.num_filters, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                  dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                  precision=self.precision, name='stem_conv')(x)  # [B, H, W, F]
-    x = layers.batch_norm_class(self.batch_norm_by_matmul)(
-        use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=self.dtype,
-        param_dtype=jnp.float32, name='stem_bn')(x)
+      x = conv((3, 3), padding=((1, 1), (1, 1)))(x)  # [B, H, W, F]
+    x = ops.norm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                 dtype=self.dtype, param_dtype=jnp.float32, name='stem_bn')(x)
     x = nn.relu(x)
     if self.stem == 'imagenet':
       # Pads by 1 on every side like torchvision (SAME would pad only bottom/right).
-      x = layers.Pool('max', 3, 2, padding=((1, 1), (1, 1)), name='stem_pool')(x)
+      x = ops.pool('max', 3, 2, padding=((1, 1), (1, 1)), name='stem_pool')(x)
       # [B, H/4, W/4, F]
     for i, size in enumerate(self.stage_sizes):
       for j in range(size):
         strides = 2 if i > 0 and j == 0 else 1
         x = ResidualBlock(self.num_filters * 2**i, strides, self.initializer, self.dtype,
-                          self.precision, self.batch_norm_by_matmul,
-                          name=f'stage{i + 1}_block{j}')(x, train)
+                          self.precision, ops, name=f'stage{i + 1}_block{j}')(x, train)
     x = jnp.mean(x, axis=(1, 2))  # [B, C] global average pool
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=layers.HEAD_INIT, precision=self.precision, name='head')(x)

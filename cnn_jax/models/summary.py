@@ -23,7 +23,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.models.layers import Conv, Pool
+from cnn_jax.models.layers import Pool
+
+# The kinds a row names: a layer that computes one of these another way (cnn_jax.speed's) is
+# shown as the layer it stands for.
+_KINDS = (nn.Conv, nn.BatchNorm, nn.Dense, Pool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +63,7 @@ def count_params(params: Any) -> int:
 def _layer_flops(module: nn.Module, params: Mapping[str, Any], out_shape: tuple) -> int:
   """FLOPs per image of one leaf layer whose output for one image has shape `out_shape`."""
   outputs = math.prod(out_shape)
-  if isinstance(module, (nn.Conv, Conv)):
+  if isinstance(module, nn.Conv):
     # kernel [kh, kw, Cin/groups, Cout]: each output pixel does kh·kw·Cin/groups MACs per channel.
     kernel = params['kernel'].shape
     return 2 * math.prod(out_shape[:-1]) * math.prod(kernel)
@@ -135,7 +139,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int],
     in_shape = inputs.get(path, ())
     rows.append(LayerRow(
       name='/'.join(path),
-      kind=type(module).__name__,
+      kind=next((k.__name__ for k in _KINDS if isinstance(module, k)), type(module).__name__),
       output_shape=out_shape,
       params=count_params(params) if call_index == 0 else 0,  # shared weights counted once
       flops=_layer_flops(module, params, out_shape),
@@ -152,9 +156,7 @@ def _side(value) -> int:
 
 def _geometry(module: nn.Module, in_shape: tuple) -> dict:
   """{'kernel', 'stride', 'padding'} (F, S, P along the height) of a conv or pooling layer."""
-  if isinstance(module, Conv):
-    kernel, stride, padding = module.kernel_size, module.strides, module.padding
-  elif isinstance(module, nn.Conv):
+  if isinstance(module, nn.Conv):
     kernel, stride, padding = _side(module.kernel_size), _side(module.strides or 1), module.padding
   elif isinstance(module, Pool) and module.kind != 'none':
     kernel, stride, padding = module.window, module.stride, module.padding

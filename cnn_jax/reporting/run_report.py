@@ -35,7 +35,7 @@ TOP_CLASSES = 5  # Probabilities shown beside an explained --image.
 
 def _capture(trained, image: np.ndarray, layer_names: list[str]) -> list[tuple[str, np.ndarray]]:
   """Returns (name, activations [H, W, C]) of the named layers for one normalised image."""
-  kinds = (nn.Conv, layers.Conv, layers.Pool)
+  kinds = (nn.Conv, layers.Pool)
   wanted = lambda module, method: method == '__call__' and isinstance(module, kinds)
   _, state = trained.model.apply(trained.variables, image[None], train=False,
                                  capture_intermediates=wanted, mutable=['intermediates'])
@@ -189,7 +189,7 @@ def build_report(workdir: str, which: str = 'latest', image_path: str | None = N
     return build_sweep_report(workdir)
   trained = inference.load_trained(workdir, which)
   # The test split where the run has one: the report describes the model, it chooses nothing.
-  split = split or trained.config.data.get('test_split') or trained.config.data.eval_split
+  split = split or trained.config.data.test_split or trained.config.data.eval_split
   out = os.path.join(workdir, 'report')
   os.makedirs(out, exist_ok=True)
   path = lambda name: os.path.join(out, name)

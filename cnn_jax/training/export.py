@@ -130,7 +130,7 @@ def export_model(trained: TrainedModel, directory: str, model_format: str = 'sta
               'checkpoint_step': trained.step, 'versions': library_versions(),
               # How cnn_jax.predict feeds it image files: their resizing, and the background
               # of the training images (to flag images of the opposite polarity).
-              'resize': trained.config.data.get('resize', 'squash'),
+              'resize': trained.config.data.resize,
               'background': training_background(trained)}
     for stale in set(exported_model.MODEL_FILES.values()) - {os.path.basename(paths[0])}:
       if os.path.exists(os.path.join(directory, stale)):  # An earlier export in the other format.

@@ -21,7 +21,7 @@ from cnn_jax.data import image_folder, images
 from cnn_jax.errors import UserError
 from cnn_jax.runtime import compilation_cache, exported_model
 from cnn_jax.runtime.exported_model import ExportedModel
-from cnn_jax.training import checkpoint, setup, steps
+from cnn_jax.training import checkpoint, losses, setup, steps
 from cnn_jax.training.workdir import load_dataset_record, load_run_config
 
 FILE_PIXEL_MAX = 255.0  # Image files hold 8-bit pixels, whatever the training data's range was.
@@ -49,8 +49,8 @@ def load_trained(workdir: str, which: str = 'latest') -> TrainedModel:
   info, normalizer = load_dataset_record(workdir)
   if config is None:
     raise UserError(f'{workdir!r} has no config.json; is it the --workdir of a training run?')
-  compilation_cache.enable(config.get('compilation_cache', compilation_cache.AUTO))
-  model = setup.build_model(config, info.num_classes)
+  compilation_cache.enable(config.compilation_cache)
+  model = setup.build_model(config, info.num_classes, setup.build_speed(config))
   # The optimizer only shapes the restore template (its state is restored and then dropped).
   tx, _ = setup.build_optimizer(config, num_steps=1)
   template = jax.eval_shape(lambda: steps.create_train_state(
@@ -127,14 +127,15 @@ def _class_scores(matrix: np.ndarray, k: int) -> dict:
 
 def evaluation_report(trained: TrainedModel, split: str, labels: np.ndarray,
                       logits: np.ndarray) -> dict:
-  """Returns accuracy, mean loss, count, per-class accuracy and the confusion matrix as a dict."""
+  """Returns accuracy, mean cross-entropy loss, count, per-class accuracy and the confusion
+  matrix as a dict."""
   predictions = logits.argmax(axis=-1)
-  losses = np.asarray(steps.cross_entropy(logits, labels))
+  example_losses = np.asarray(losses.cross_entropy(logits, labels))
   matrix = confusion_matrix(labels, predictions, trained.info.num_classes)
   per_class = {name: _class_scores(matrix, k) for k, name in enumerate(trained.info.class_names)}
   return {'workdir': os.path.abspath(trained.workdir), 'checkpoint_step': trained.step,
           'split': split, 'count': int(len(labels)),
-          'accuracy': float(np.mean(predictions == labels)), 'loss': float(np.mean(losses)),
+          'accuracy': float(np.mean(predictions == labels)), 'loss': float(np.mean(example_losses)),
           'class_names': list(trained.info.class_names), 'per_class': per_class,
           'confusion_matrix': matrix.tolist()}
 
@@ -178,7 +179,7 @@ def _facts(model: 'TrainedModel | ExportedModel') -> _Facts:
   if isinstance(model, ExportedModel):
     return _Facts(model.image_shape, model.record.get('resize', 'squash'), model.class_names,
                   model.record.get('background'))
-  return _Facts(model.info.image_shape, model.config.data.get('resize', 'squash'),
+  return _Facts(model.info.image_shape, model.config.data.resize,
                 model.info.class_names, training_background(model))
 
 
@@ -289,7 +290,7 @@ def prepare_image(trained: TrainedModel, image) -> np.ndarray:
   """
   height, width, channels = trained.info.image_shape
   array = images.from_memory(image, channels)
-  if trained.config.data.get('resize', 'squash') == 'crop' and height == width:
+  if trained.config.data.resize == 'crop' and height == width:
     array = images.crop_center_square(array)
   return images.resize_image(array, (height, width))
 

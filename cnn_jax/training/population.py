@@ -6,13 +6,13 @@
 
 One compiled step trains N stacked models: `jax.vmap` of one model's step (on GPU and TPU), or
 the N members' steps one after another in the same program (on CPU, where vmap's grouped
-convolutions run no faster per model; `config.population.vectorize`). Every member sees the same
-batches (the order of `shuffle_seed`, else `seed`) and has its own learning
-rate, weight decay, label smoothing and dropout rates, which enter the compiled step as arrays,
-and the seed `population.seeds` gives it (by default `seed` for all, so that members differ only
-in what is compared). One dispatch then trains all N, which on a CPU amortises the per-step overhead and on an
-accelerator fills the device. Batches come from the host (`data.on_device` is for single runs).
-The loop is the single model's (`cnn_jax.training.loop`); this module says what differs.
+convolutions run no faster per model; `config.speed.population_vectorize`). Every member sees
+the same batches (the order of `shuffle_seed`, else `seed`) and has its own learning rate,
+weight decay, label smoothing and dropout rates, which enter the compiled step as arrays, and
+the seed `population.seeds` gives it (by default `seed` for all, so that members differ only in
+what is compared). One dispatch then trains all N, which on a CPU amortises the per-step
+overhead and on an accelerator fills the device. Batches come from the host (`data.on_device`
+is for single runs). The loop is the single model's (`cnn_jax.training.loop`); this module says what differs.
 
 Each member is written as an ordinary run in WORKDIR/member_XX: its own config.json (the values
 it trained with, so training it alone reproduces it), dataset.json, metrics.jsonl, TensorBoard
@@ -33,7 +33,7 @@ import numpy as np
 from cnn_jax import config_keys, data, models
 from cnn_jax.errors import UserError
 from cnn_jax.runtime import distributed
-from cnn_jax.training import setup, steps
+from cnn_jax.training import losses, setup, steps
 from cnn_jax.training.augment import Augmentation
 from cnn_jax.training.loop import Trainee
 from cnn_jax.training.validation import validate_config
@@ -147,31 +147,23 @@ class Population:
     """One member's train step; `vmap` it over states and values, sharing the batch."""
     smoothing = values.get('label_smoothing', self.config.label_smoothing)
     step = steps.train_step_fn(self.member_model(values), self.member_optimizer(values),
-                               smoothing, Augmentation(**self.config.augment))
+                               losses.get(self.config.loss), smoothing,
+                               Augmentation(**self.config.augment))
     return step(state, batch)
-
-
-def vectorize(config: ml_collections.ConfigDict, platform: str | None = None) -> str:
-  """'vmap' or 'loop': config.population.vectorize, with 'auto' resolved for `platform` (None:
-  this process's devices'). On a CPU a vmapped step turns convolutions into grouped ones, which
-  XLA:CPU runs no faster per model than one model's (see experiments/benchmarks/RESULTS.md)."""
-  chosen = config.population.get('vectorize', 'auto')  # Absent from older runs' config.json.
-  if chosen != 'auto':
-    return chosen
-  return 'loop' if (platform or jax.devices()[0].platform) == 'cpu' else 'vmap'
 
 
 def population_trainee(config: ml_collections.ConfigDict,
                        members: list[ml_collections.ConfigDict], model,
-                       image_shape: tuple[int, int, int], num_steps: int,
+                       image_shape: tuple[int, int, int], num_steps: int, vectorize: str,
                        workdirs: list[str]) -> Trainee:
-  """The loop's view of the population: N stacked states and the vmapped steps."""
+  """The loop's view of the population: N stacked states and the steps that step them all,
+  batched by `jax.vmap` (`vectorize` 'vmap') or one member after another ('loop')."""
   population = Population(config, model, num_steps)
   # NumPy arrays: constants of the compiled steps, on whatever devices the state lives on.
   values = varied_values(config, members)
   seeds = np.asarray([member.seed for member in members])
-  eval_step = steps.eval_step_fn(model)
-  if vectorize(config) == 'vmap':
+  eval_step = steps.eval_step_fn(model, losses.get(config.loss))
+  if vectorize == 'vmap':
     vmapped_step = jax.vmap(population.train_step, in_axes=(0, 0, None))
     train_step = lambda states, batch: vmapped_step(states, values, batch)
     evaluate = jax.vmap(eval_step, in_axes=(0, None))

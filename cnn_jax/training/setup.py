@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cnn_jax import data, models
+from cnn_jax import data, models, speed
 from cnn_jax.training import optim
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -29,9 +29,8 @@ def load_data(config: ml_collections.ConfigDict, source: data.Source):
   """Returns the config's training, eval and test data from `source` (opened from
   `data_spec(config)`): streamed (`data.stream`) or held in memory."""
   load = data.stream_dataset if config.data.stream else data.load_dataset
-  # `get`: a config.json written before test_split existed lacks it.
   return load(source, config.data.train_split, config.data.eval_split,
-              config.data.get('test_split') or None)
+              config.data.test_split or None)
 
 
 def model_kwargs(model_config: ml_collections.ConfigDict) -> dict:
@@ -43,24 +42,23 @@ def model_kwargs(model_config: ml_collections.ConfigDict) -> dict:
 
 # config.precision → the `precision` of the models' convolutions and dense layers.
 PRECISIONS = {'default': None, 'high': 'high', 'highest': 'highest'}
-# Settings that change how a model computes, not what: True, False or 'auto' (on CPU only); each
-# with the value a run's config.json written before the setting existed stands for.
-PLATFORM_TRICKS = {'pool_first': True, 'pool_by_reshape': True, 'batch_norm_by_matmul': 'auto'}
+
+
+def build_speed(config: ml_collections.ConfigDict, platform: str | None = None) -> speed.Speed:
+  """Returns config.speed resolved for `platform` (None: this process's devices')."""
+  return speed.resolve(config.speed, platform or jax.devices()[0].platform)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
-                platform: str | None = None):
+                run_speed: speed.Speed | None = None):
   """Returns the Flax module named by config.model, for `num_classes` outputs, computing as
-  config.precision and the PLATFORM_TRICKS say on `platform` (None: this process's devices')."""
+  config.precision says, with the layers of `run_speed` (None: the textbook's)."""
   kwargs = model_kwargs(config.model)
   fields = models.model_fields(config.model.name)
-  platform = platform or jax.devices()[0].platform
-  for trick, absent in PLATFORM_TRICKS.items():
-    if trick in fields:
-      value = config.get(trick, absent)
-      kwargs[trick] = platform == 'cpu' if value == 'auto' else value
   if 'precision' in fields:
-    kwargs['precision'] = PRECISIONS[config.get('precision', 'default')]
+    kwargs['precision'] = PRECISIONS[config.precision]
+  if run_speed is not None and 'layer_set' in fields:
+    kwargs['layer_set'] = run_speed.layer_set
   return models.create_model(config.model.name, num_classes, dtype=DTYPES[config.dtype], **kwargs)
 
 
@@ -92,10 +90,8 @@ def build_optimizer(config: ml_collections.ConfigDict, num_steps: int,
 
 
 def shuffle_seed(config: ml_collections.ConfigDict) -> int:
-  """The seed of the training batches' order: `shuffle_seed`, else `seed` (`get`: a config
-  written before `shuffle_seed` existed lacks the field)."""
-  seed = config.get('shuffle_seed')
-  return config.seed if seed is None else seed
+  """The seed of the training batches' order: `shuffle_seed`, else `seed`."""
+  return config.seed if config.shuffle_seed is None else config.shuffle_seed
 
 
 def itstime(step: int, every: int, total: int) -> bool:
@@ -129,28 +125,10 @@ class Plan:
     return min([self.num_steps] + [(step // p + 1) * p for p in periods if p])
 
 
-def steps_per_dispatch(config: ml_collections.ConfigDict, per_epoch: int,
-                       periods: tuple[int, ...] = (), platform: str | None = None) -> int:
-  """Training steps run by one compiled call: config.steps_per_dispatch, or for 0 (auto), with
-  the data on a GPU or TPU, a whole epoch or the shortest of `periods` (the steps between logs,
-  evaluations and saves) if fewer, and 1 otherwise.
-
-  A call ends at each of those stops, and a shorter call runs the same program with steps
-  skipped: the shortest period keeps the skipped steps rare. On a CPU, XLA runs convolutions
-  inside a loop several times slower than the same step called from Python (see
-  experiments/benchmarks/RESULTS.md), so auto never scans there. `platform`: the devices'
-  ('cpu', 'gpu', 'tpu'); None: this process's.
-  """
-  if config.steps_per_dispatch:
-    return config.steps_per_dispatch
-  on_accelerator = (platform or jax.devices()[0].platform) != 'cpu'
-  if not (config.data.on_device and on_accelerator):
-    return 1
-  return min([per_epoch] + [p for p in periods if p])
-
-
-def make_plan(config: ml_collections.ConfigDict, num_train_examples: int) -> Plan:
-  """Returns the run's plan for a training split of `num_train_examples` examples."""
+def make_plan(config: ml_collections.ConfigDict, num_train_examples: int,
+              run_speed: speed.Speed | None = None) -> Plan:
+  """Returns the run's plan for a training split of `num_train_examples` examples, with as many
+  steps per compiled call as `run_speed` allows (None: one)."""
   per_epoch = data.steps_per_epoch(num_train_examples, config.batch_size)
   eval_every = config.eval_every_steps or per_epoch
   save_every = config.checkpoint.every_steps or eval_every
@@ -159,4 +137,5 @@ def make_plan(config: ml_collections.ConfigDict, num_train_examples: int) -> Pla
               steps_per_epoch=per_epoch, log_every=config.log_every_steps, eval_every=eval_every,
               save_every=save_every, save_every_minutes=config.checkpoint.every_minutes,
               shuffle_seed=shuffle_seed(config),
-              steps_per_dispatch=steps_per_dispatch(config, per_epoch, periods))
+              steps_per_dispatch=run_speed.steps_per_call(config.data.on_device, per_epoch,
+                                                          periods) if run_speed else 1)

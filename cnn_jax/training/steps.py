@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cnn_jax.models.layers import is_static_zero
+from cnn_jax.training import losses
 from cnn_jax.training.augment import Augmentation, augment_batch
 
 Batch = dict[str, jax.Array]
@@ -44,20 +44,13 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
                     rng=state_rng)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array,
-                  label_smoothing: float | jax.Array = 0.0) -> jax.Array:
-  """Per-example softmax cross-entropy [B] of logits [B, K] against integer labels [B]."""
-  if is_static_zero(label_smoothing):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
 def train_step_fn(model: nn.Module, tx: optax.GradientTransformation,
+                  loss: losses.Loss = losses.cross_entropy,
                   label_smoothing: float | jax.Array = 0.0,
                   augmentation: Augmentation = Augmentation()) -> Callable[
                       [TrainState, Batch], tuple[TrainState, Metrics]]:
-  """Returns the pure `train_step(state, batch) -> (state, metrics)`, not yet jitted.
+  """Returns the pure `train_step(state, batch) -> (state, metrics)`, not yet jitted: one step
+  of `tx` on the batch mean of `loss` (with `label_smoothing`).
 
   The batch is augmented on the device first (see `cnn_jax.training.augment`), if `augmentation`
   says so.
@@ -74,15 +67,16 @@ def train_step_fn(model: nn.Module, tx: optax.GradientTransformation,
       logits, updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
           rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
-      loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
-      return loss, (logits, updates.get('batch_stats', {}))
+      mean_loss = loss(logits, batch['label'], label_smoothing).mean()
+      return mean_loss, (logits, updates.get('batch_stats', {}))
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (mean_loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-    return new_state, {'loss': loss, 'accuracy': accuracy}
+    return new_state, {'loss': mean_loss, 'accuracy': accuracy}
 
   return train_step
 
@@ -100,15 +94,15 @@ def normalize_on_device(train_step: Callable, table: np.ndarray) -> Callable:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    label_smoothing: float = 0.0,
+                    loss: losses.Loss = losses.cross_entropy, label_smoothing: float = 0.0,
                     augmentation: Augmentation = Augmentation(),
                     compiler_options: dict[str, str] | None = None) -> Callable[
                         [TrainState, Batch], tuple[TrainState, Metrics]]:
   """Returns `train_step_fn(...)` jitted, with `state` donated.
 
-  `compiler_options`: XLA options of the compiled step (see `cnn_jax.training.cpu_kernels`).
+  `compiler_options`: XLA options of the compiled step (`cnn_jax.speed.Speed.compiler_options`).
   """
-  return jax.jit(train_step_fn(model, tx, label_smoothing, augmentation), donate_argnums=0,
+  return jax.jit(train_step_fn(model, tx, loss, label_smoothing, augmentation), donate_argnums=0,
                  compiler_options=compiler_options)
 
 
@@ -155,8 +149,10 @@ def make_scan_train_step(train_step: Callable,
   return jax.jit(scanned_train_steps, donate_argnums=0, compiler_options=compiler_options)
 
 
-def eval_step_fn(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
-  """Returns the pure `eval_step(state, batch) -> sums` over the real (mask = 1) examples.
+def eval_step_fn(model: nn.Module, loss: losses.Loss = losses.cross_entropy
+                 ) -> Callable[[TrainState, Batch], Metrics]:
+  """Returns the pure `eval_step(state, batch) -> sums` over the real (mask = 1) examples, the
+  loss without label smoothing.
 
   It returns sums, not means, so that batches of different fill add up exactly:
   {'loss_sum', 'correct', 'count'}; the caller divides once at the end.
@@ -166,15 +162,16 @@ def eval_step_fn(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
     logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
                          batch['image'], train=False)
     mask = batch['mask']
-    loss = cross_entropy(logits, batch['label'])
+    example_losses = loss(logits, batch['label'], 0.0)
     correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
-    return {'loss_sum': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask),
+    return {'loss_sum': jnp.sum(example_losses * mask), 'correct': jnp.sum(correct * mask),
             'count': jnp.sum(mask)}
 
   return eval_step
 
 
-def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
-  """Returns `eval_step_fn(model)` jitted, with XLA's own CPU kernels (see
-  `cnn_jax.training.cpu_kernels`)."""
-  return jax.jit(eval_step_fn(model))
+def make_eval_step(model: nn.Module, loss: losses.Loss = losses.cross_entropy
+                   ) -> Callable[[TrainState, Batch], Metrics]:
+  """Returns `eval_step_fn(model, loss)` jitted, with XLA's own CPU kernels (see
+  `cnn_jax.speed.cpu_kernels`)."""
+  return jax.jit(eval_step_fn(model, loss))

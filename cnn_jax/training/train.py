@@ -15,11 +15,11 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from cnn_jax import data, models
+from cnn_jax import data, models, speed
 from cnn_jax.errors import UserError
 from cnn_jax.models import summary
-from cnn_jax.runtime import compilation_cache, distributed, host_memory
-from cnn_jax.training import checkpoint, cpu_kernels, loop, population, setup, steps
+from cnn_jax.runtime import compilation_cache, distributed
+from cnn_jax.training import checkpoint, loop, losses, population, setup, steps
 from cnn_jax.training.augment import Augmentation
 from cnn_jax.training.validation import validate_config
 from cnn_jax.training.workdir import check_workdir, save_dataset_record, save_run_record
@@ -47,17 +47,19 @@ def single_model(config: ml_collections.ConfigDict, model, image_shape: tuple[in
                  num_steps: int, workdir: str) -> loop.Trainee:
   """The loop's view of one model trained as `config` says."""
   tx, schedule = setup.build_optimizer(config, num_steps)
+  loss = losses.get(config.loss)
   return loop.Trainee(
       init=lambda: steps.create_train_state(model, tx, jax.random.key(config.seed), image_shape),
-      train_step=steps.train_step_fn(model, tx, config.label_smoothing,
+      train_step=steps.train_step_fn(model, tx, loss, config.label_smoothing,
                                      Augmentation(**config.augment)),
-      eval_step=steps.eval_step_fn(model), configs=(config,), workdirs=(workdir,),
+      eval_step=steps.eval_step_fn(model, loss), configs=(config,), workdirs=(workdir,),
       schedules=(schedule,))
 
 
-def _runner(trainee: loop.Trainee, config, dataset, plan: setup.Plan, start_step: int, mesh: Mesh):
+def _runner(trainee: loop.Trainee, config, dataset, plan: setup.Plan, start_step: int, mesh: Mesh,
+            run_speed: speed.Speed):
   """The step runner, chosen once: batches from the host, or gathered from a split on the device."""
-  options = cpu_kernels.compiler_options(config.cpu_kernels)
+  options = run_speed.compiler_options()
   batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
   if config.data.on_device:  # A uint8 split stays uint8 there, normalised by each step.
     return loop.DeviceSplit(trainee.train_step, dataset, config.batch_size, plan.shuffle_seed,
@@ -132,12 +134,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     signals.TrainingInterrupted: SIGTERM or Ctrl-C; a checkpoint of every member was saved first.
   """
   # ---- check everything before any work ----------------------------------------------------------
-  # `get`: a config.json written before the key existed. Before jax.devices(): the backend starts.
-  host_memory.apply_cpu_async_dispatch(config.get('cpu_async_dispatch', True))
+  speed.before_backend(config.speed)  # Before jax.devices(): the backend starts.
   mesh = Mesh(np.asarray(jax.devices()), ('data',))  # One data axis; one device is a mesh of one.
   validate_config(config, num_devices=mesh.size)
   compilation_cache.enable(config.compilation_cache)
-  host_memory.apply(config.keep_freed_memory, jax.devices()[0].platform)
+  run_speed = setup.build_speed(config)
+  run_speed.apply()
   compiling = compilation_cache.CompileClock()
   for path in [workdir, *(member_workdirs or [])]:
     check_workdir(path)
@@ -149,17 +151,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   info = source.describe()
   if config.augment.horizontal_flip and data.flip_problem(info.name):  # IDX files named by content.
     raise UserError(data.flip_problem(info.name))
-  model = setup.build_model(config, info.num_classes)
+  model = setup.build_model(config, info.num_classes, run_speed)
   models.check_fits(model, info.image_shape)
 
   # ---- data, plan, and what trains: one model or a population -------------------------------------
   started = time.time()
   dataset = setup.load_data(config, source)
   report_skipped(dataset, workdir)
-  plan = setup.make_plan(config, len(dataset.train))
+  plan = setup.make_plan(config, len(dataset.train), run_speed)
   if members:
     trainee = population.population_trainee(
-        config, members, model, info.image_shape, plan.num_steps,
+        config, members, model, info.image_shape, plan.num_steps, run_speed.population_vectorize,
         member_workdirs or [population.member_dir(workdir, i) for i in range(len(members))])
     distributed.log(population.describe(config, members, info, plan.num_steps))
   else:
@@ -190,7 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       for member_workdir, member_config in zip(trainee.workdirs, trainee.configs):
         save_run_record(member_workdir, member_config)
         save_dataset_record(member_workdir, dataset.info, dataset.normalizer)
-    runner = _runner(trainee, config, dataset, plan, start_step, mesh)
+    runner = _runner(trainee, config, dataset, plan, start_step, mesh, run_speed)
     eval_step = jax.jit(trainee.eval_step)
     batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
     evaluate_all = lambda s: loop.evaluate(eval_step, s, loop.device_eval_batches(

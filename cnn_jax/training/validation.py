@@ -8,19 +8,18 @@ import math
 
 import ml_collections
 
-from cnn_jax import data, models
-from cnn_jax.training import optim
-from cnn_jax.training.cpu_kernels import CPU_KERNELS
+from cnn_jax import data, models, speed
+from cnn_jax.training import losses, optim
 from cnn_jax.training.checkpoint import BEST_METRICS
-from cnn_jax.training.setup import PLATFORM_TRICKS, PRECISIONS
+from cnn_jax.training.setup import PRECISIONS
 from cnn_jax.errors import UserError
 
 DTYPES = ('float32', 'bfloat16')
 CLASS_NAMES_READ_BY = ('csv', 'idx')  # The sources that take config.data.class_names.
 INIT_LAYERS = ('all', 'matching')
 # Model fields set from elsewhere than config.model: the dataset, config.dtype, config.precision
-# and the PLATFORM_TRICKS (config.pool_first, ...).
-GLOBAL_MODEL_FIELDS = ('num_classes', 'dtype', 'precision', *PLATFORM_TRICKS)
+# and config.speed (the layers a model builds from).
+GLOBAL_MODEL_FIELDS = ('num_classes', 'dtype', 'precision', 'layer_set')
 
 
 def _suggest(value, allowed) -> str:
@@ -53,8 +52,6 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   if config.shuffle_seed is not None:
     _check_number(p, 'shuffle_seed', config.shuffle_seed, low=0, integer=True)
   _check_number(p, 'population.size', config.population.size, low=0, integer=True)
-  _check_choice(p, 'population.vectorize', config.population.get('vectorize', 'auto'),
-                ('auto', 'vmap', 'loop'))
   _check_number(p, 'batch_size', config.batch_size, low=1, integer=True)
   _check_number(p, 'eval_batch_size', config.eval_batch_size, low=1, integer=True)
   for key in ('batch_size', 'eval_batch_size'):
@@ -66,18 +63,11 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   if not p and config.num_steps == 0 and config.num_epochs == 0:
     p.append('config.num_epochs and config.num_steps are both 0: set one to the training length')
   _check_number(p, 'log_every_steps', config.log_every_steps, low=1, integer=True)
-  _check_number(p, 'steps_per_dispatch', config.steps_per_dispatch, low=0, integer=True)
-  if (isinstance(config.steps_per_dispatch, int) and config.steps_per_dispatch > 1
-      and not config.data.on_device):
-    p.append(f'config.steps_per_dispatch={config.steps_per_dispatch} runs several steps per call '
-             'on data held on the device: also set config.data.on_device=True')
   _check_number(p, 'eval_every_steps', config.eval_every_steps, low=0, integer=True)
+  _check_choice(p, 'loss', config.loss, tuple(losses.LOSSES))
   _check_number(p, 'label_smoothing', config.label_smoothing, low=0, high=0.999)
   _check_choice(p, 'dtype', config.dtype, DTYPES)
-  _check_choice(p, 'cpu_kernels', config.cpu_kernels, CPU_KERNELS)
-  for trick in (*PLATFORM_TRICKS, 'keep_freed_memory'):
-    _check_choice(p, trick, config[trick], (True, False, 'auto'))
-  _check_choice(p, 'cpu_async_dispatch', config.get('cpu_async_dispatch', True), (True, False))
+  p.extend(speed.problems(config.speed, on_device=config.data.on_device))
   _check_choice(p, 'precision', config.precision, tuple(PRECISIONS))
   d = config.data
   _check_number(p, 'data.image_size', d.image_size, low=0, integer=True)

@@ -13,6 +13,7 @@ import subprocess
 
 import ml_collections
 
+from cnn_jax.configs import default
 from cnn_jax.data import DatasetInfo, Normalizer
 from cnn_jax.errors import UserError
 
@@ -20,6 +21,10 @@ CONFIG_FILE = 'config.json'
 VERSIONS_FILE = 'versions.json'
 DATASET_FILE = 'dataset.json'
 POPULATION_FILE = 'population.json'  # Written by a population beside its members' workdirs.
+# The version of config.json's layout, written into it as SCHEMA_KEY; a file without it is 1.
+# 2: the speed settings moved from the top level (and population.vectorize) into config.speed.
+SCHEMA = 2
+SCHEMA_KEY = 'config_schema'
 _PACKAGES = ('cnn_jax', 'jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml-collections',
              'tensorflow-datasets', 'numpy')
 
@@ -75,8 +80,9 @@ def check_workdir(path: str) -> None:
 def save_run_record(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes the resolved config and the library versions into `workdir`."""
   os.makedirs(workdir, exist_ok=True)
+  record = {**json.loads(config.to_json_best_effort()), SCHEMA_KEY: SCHEMA}
   with open(os.path.join(workdir, CONFIG_FILE), 'w', encoding='utf-8') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    f.write(json.dumps(record, indent=2, sort_keys=True) + '\n')
   with open(os.path.join(workdir, VERSIONS_FILE), 'w', encoding='utf-8') as f:
     json.dump(library_versions(), f, indent=2)
     f.write('\n')
@@ -113,12 +119,44 @@ def load_dataset_record(workdir: str) -> tuple[DatasetInfo, Normalizer]:
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict | None:
-  """Returns the config saved in `workdir` by `save_run_record`, or None if there is none."""
+  """Returns the config saved in `workdir` by `save_run_record`, brought up to today's layout
+  (`upgrade_config`), or None if there is none."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return None
   with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(upgrade_config(json.load(f)))
+
+
+def upgrade_config(record: dict) -> dict:
+  """Returns a saved config (config.json's contents) in today's layout: the one place that knows
+  older workdirs, so no reader needs a fallback.
+
+  Settings moved since are moved; settings added since take their default, except those whose
+  absence meant something else: a run saved before `data.test_split` existed had no test split.
+  Model settings are left as saved (a config that picks a model gives its whole block).
+  """
+  record = json.loads(json.dumps(record))  # A deep copy.
+  defaults = json.loads(default.get_config().to_json_best_effort())
+  if record.pop(SCHEMA_KEY, 1) < 2:  # Schema 1 kept config.speed's settings at the top level.
+    speed = record.setdefault('speed', {})
+    for key in defaults['speed']:
+      if key in record:
+        speed[key] = record.pop(key)
+    if 'vectorize' in record.get('population', {}):
+      speed['population_vectorize'] = record['population'].pop('vectorize')
+    record.setdefault('data', {}).setdefault('test_split', '')
+  _add_missing(record, defaults)
+  return record
+
+
+def _add_missing(record: dict, defaults: dict) -> None:
+  """Adds to `record` each key of `defaults` it lacks, group by group, except config.model's."""
+  for key, value in defaults.items():
+    if key not in record:
+      record[key] = value
+    elif isinstance(value, dict) and isinstance(record[key], dict) and key != 'model':
+      _add_missing(record[key], value)
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict:
@@ -148,11 +186,10 @@ def config_differences(old: ml_collections.ConfigDict,
 # longer say how its model was trained.
 RESUMABLE_CHANGES = (
     'num_epochs', 'num_steps', 'log_every_steps', 'eval_every_steps', 'progress_bar',
-    'checkpoint.', 'init_from', 'init_layers', 'eval_batch_size', 'steps_per_dispatch',
-    'cpu_kernels', 'compilation_cache', 'data.test_split', 'data.tfds_data_dir', 'data.download', 'data.path',
-    'data.csv', 'data.cache', 'data.stream', 'data.on_device', 'data.workers',
-    'data.worker_processes', 'data.prefetch', 'pool_first', 'pool_by_reshape',
-    'batch_norm_by_matmul', 'precision', 'keep_freed_memory', 'cpu_async_dispatch',
+    'checkpoint.', 'init_from', 'init_layers', 'eval_batch_size', 'speed.', 'compilation_cache',
+    'data.test_split', 'data.tfds_data_dir', 'data.download', 'data.path', 'data.csv',
+    'data.cache', 'data.stream', 'data.on_device', 'data.workers', 'data.worker_processes',
+    'data.prefetch', 'precision',
 )
 
 

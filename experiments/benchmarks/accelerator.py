@@ -98,7 +98,7 @@ def scan_against_per_step(fashion_dir: str, quick: bool) -> dict:
       config.data.train_split = 'train[:3%]'
     # An epoch per call, as the auto setting does on an accelerator (and forced here on a CPU),
     # with one evaluation and save an epoch and one log a run, so no call ends early.
-    config.steps_per_dispatch = _steps_per_epoch(config) if per_dispatch == 'epoch' else 1
+    config.speed.steps_per_dispatch = _steps_per_epoch(config) if per_dispatch == 'epoch' else 1
     config.eval_every_steps, config.log_every_steps = 0, 10**9
     workdir = tempfile.mkdtemp()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -165,7 +165,7 @@ def time_to_accuracy(name: str, directory: str, recipe: tuple, quick: bool) -> d
 def population(fashion_dir: str, quick: bool) -> dict:
   """Measurement 4: 128 members in one vmapped step against one model's step."""
   config = on_idx_files('fashion_mnist', fashion_dir)
-  config.population.vectorize = 'vmap'
+  config.speed.population_vectorize = 'vmap'
   size = 4 if quick else 128
   together, single = step_throughput(config, size, 3 if quick else 50)
   print(f'  population of {size}: {together:11,.0f} model-images/s; one model {single:11,.0f}; '

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..', 'tests'))
 from conftest import load_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from cnn_jax import data  # pylint: disable=wrong-import-position
-from cnn_jax.training import cpu_kernels, population, setup, train
+from cnn_jax.training import population, setup, train
 
 
 def _steps_per_s(step, state, batches, num_steps: int) -> float:
@@ -49,13 +49,14 @@ def step_throughput(config, size: int, num_steps: int) -> tuple[float, float]:
   """Returns (population, sequential) model-images/s of the train step alone: the steps a
   population run and a single run compile."""
   info = data.describe_dataset(setup.data_spec(config))
-  model = setup.build_model(config, info.num_classes)
+  run_speed = setup.build_speed(config)
+  model = setup.build_model(config, info.num_classes, run_speed)
   single = train.single_model(config, model, info.image_shape, num_steps, '')
   config.population.size, config.population.seeds = size, tuple(range(size))
   members = population.member_configs(config)
   trainee = population.population_trainee(config, members, model, info.image_shape, num_steps,
-                                          [''] * size)
-  options = cpu_kernels.compiler_options(config.cpu_kernels)
+                                          run_speed.population_vectorize, [''] * size)
+  options = run_speed.compiler_options()
   rng = np.random.default_rng(0)
   batches = [{'image': jnp.asarray(rng.normal(size=(config.batch_size, *info.image_shape)),
                                    jnp.float32),
@@ -89,7 +90,7 @@ def _end_to_end(config_name: str, size: int, vectorize: str,
   config.progress_bar, config.population.size = False, size
   config.num_steps = num_steps or config.num_steps
   config.population.seeds, config.shuffle_seed = tuple(range(size)), 0  # As the sequential runs.
-  config.population.vectorize = vectorize
+  config.speed.population_vectorize = vectorize
   start = time.perf_counter()
   train.train_and_evaluate(config, tempfile.mkdtemp())
   return time.perf_counter() - start, sequential
@@ -103,7 +104,7 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--skip_end_to_end', action='store_true')
   parser.add_argument('--vectorize', default='auto', choices=('auto', 'vmap', 'loop'),
-                      help='config.population.vectorize of the population.')
+                      help='config.speed.population_vectorize of the population.')
   parser.add_argument('--num_steps', type=int, default=0,
                       help='End to end: the training length of every run (0: the config\'s).')
   args = parser.parse_args()
@@ -112,7 +113,7 @@ def main() -> None:
         f'{jax.device_count()} × {jax.devices()[0].platform.upper()}', flush=True)
   for _ in range(args.repeats):
     config = load_config(name)
-    config.population.vectorize = args.vectorize
+    config.speed.population_vectorize = args.vectorize
     together, sequential = step_throughput(config, args.size, args.steps)
     print(f'  step throughput: population {together:10,.0f} model-images/s, sequential '
           f'{sequential:10,.0f}; ratio {together / sequential:.2f}', flush=True)

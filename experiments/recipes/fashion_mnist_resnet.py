@@ -22,7 +22,7 @@ def get_config(arg: str | None = None):
   config.optimizer.weight_decay = 1e-4
   # A 70 MiB step: run on the calling thread, its memory is kept from step to step (CPU only;
   # 1.39-1.44x the benchmark's train images/s with the default, 2 runs each).
-  config.cpu_async_dispatch = False
+  config.speed.cpu_async_dispatch = False
   if arg is None:
     config.num_epochs = 25.0
   return config

@@ -2,7 +2,7 @@
 
 jaxlib 0.10.2 miscompiles on CPU a vmapped matrix-vector product followed by a reduction while
 YNN fusion is on (jax#39103), and cnn_jax hands the train step's dot products to YNNPACK
-(`cnn_jax/training/cpu_kernels.py`). This script runs one real train step of every registered
+(`cnn_jax/speed/cpu_kernels.py`). This script runs one real train step of every registered
 model, alone and vmapped over three members (as a population's 'vmap' mode does), compiled three
 ways, and prints how far the loss, the gradients and the batch statistics move from the step
 compiled with YNN fusion off:
@@ -22,8 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cnn_jax import models
-from cnn_jax.training import cpu_kernels, steps
+from cnn_jax import models, speed
+from cnn_jax.configs import default
+from cnn_jax.speed import cpu_kernels
+from cnn_jax.training import steps
 
 OFF = {'xla_cpu_experimental_ynn_fusion_type': ''}
 SHAPES = {'resnet': (32, 32, 3), 'resnet18': (32, 32, 3), 'resnet10': (32, 32, 3),
@@ -36,9 +38,7 @@ def _model(name: str):
   kwargs = {'batch_norm': True} if name == 'convnet' else {}
   fields = models.model_fields(name)
   # The CPU tricks on, as a CPU run has them.
-  for trick in ('pool_first', 'pool_by_reshape', 'batch_norm_by_matmul'):
-    if trick in fields:
-      kwargs[trick] = True
+  kwargs['layer_set'] = speed.resolve(default.get_config().speed, 'cpu').layer_set
   if 'dense_dropout' in fields:
     kwargs['dense_dropout'] = 0.25
   return models.create_model(name, 10, **kwargs)

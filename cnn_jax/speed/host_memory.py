@@ -12,11 +12,11 @@ The price is that the process keeps its peak memory until it ends.
 What this cannot reach by itself: with JAX's asynchronous dispatch, a step runs on one of XLA's
 worker threads, whose glibc arena holds blocks of at most 64 MiB, so a step needing more working
 memory (the Fashion-MNIST ConvNet at batch 256: 100 MiB) has it mapped and faulted in afresh
-every time, whatever the thresholds. `config.cpu_async_dispatch=False` runs steps on the calling
-thread, from the main heap, where the block is kept (`set_cpu_async_dispatch`).
+every time, whatever the thresholds. `config.speed.cpu_async_dispatch=False` runs steps on the
+calling thread, from the main heap, where the block is kept (`set_cpu_async_dispatch`).
 
-`config.keep_freed_memory` ('auto': on CPU, where device buffers are host memory) asks for it;
-it changes process-wide allocator settings, once, and only where the C library is glibc.
+`config.speed.keep_freed_memory` ('auto': on CPU, where device buffers are host memory) asks for
+it; it changes process-wide allocator settings, once, and only where the C library is glibc.
 """
 
 import ctypes
@@ -48,13 +48,6 @@ def keep_freed_memory() -> bool:
   return all([mallopt(parameter, value) == 1 for parameter, value in _SETTINGS])
 
 
-def apply(setting, platform: str) -> bool:
-  """Applies config.keep_freed_memory (True, False or 'auto' = on CPU) on `platform`; returns
-  whether freed memory is now kept."""
-  wanted = platform == 'cpu' if setting == 'auto' else bool(setting)
-  return keep_freed_memory() if wanted else False
-
-
 def set_cpu_async_dispatch(enabled: bool) -> bool:
   """Sets whether JAX's CPU backend runs each computation on a worker thread while Python goes on
   (True, JAX's default) or on the thread that calls it (False). It must be set before the backend
@@ -77,11 +70,12 @@ def set_cpu_async_dispatch(enabled: bool) -> bool:
 
 
 def apply_cpu_async_dispatch(setting) -> None:
-  """Applies config.cpu_async_dispatch (True or False; any other value is left for the config's
-  validation to refuse), and says so where the backend started too early for it to take effect."""
+  """Applies config.speed.cpu_async_dispatch (True or False; any other value is left for the
+  config's validation to refuse), and says so where the backend started too early for it to take
+  effect."""
   if setting not in (True, False) or set_cpu_async_dispatch(setting):
     return
-  print(f'config.cpu_async_dispatch={setting} cannot take effect: JAX\'s CPU backend already '
-        'started in this process the other way. Set jax.config.update('
+  print(f'config.speed.cpu_async_dispatch={setting} cannot take effect: JAX\'s CPU backend '
+        'already started in this process the other way. Set jax.config.update('
         f'"jax_cpu_enable_async_dispatch", {setting}) before any JAX computation, or run from the '
         'command line.', flush=True)

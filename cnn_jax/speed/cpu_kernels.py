@@ -1,6 +1,6 @@
 """Which kernels XLA:CPU uses for the matrix products inside convolutions and dense layers.
 
-`config.cpu_kernels` picks them for the jitted train steps:
+`config.speed.cpu_kernels` picks them for the jitted train steps:
 
 - 'ynnpack' (the default): XLA hands dot products to YNNPACK. On a 2-core CPU this made the
   Keras MNIST convnet's train step about 2× faster, and the single-conv cats-vs-dogs network's
@@ -36,7 +36,7 @@ def _ynnpack_available() -> bool:
 
 
 def compiler_options(cpu_kernels: str) -> dict[str, str] | None:
-  """Returns the `compiler_options` for a jitted step under `config.cpu_kernels`, or None.
+  """Returns the `compiler_options` for a jitted step under `config.speed.cpu_kernels`, or None.
 
   None (XLA's defaults) off the CPU, for 'xla', and where this jaxlib lacks YNNPACK.
   """
