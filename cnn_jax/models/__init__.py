@@ -43,8 +43,20 @@ _NOT_KWARGS = ('parent', 'name', 'num_classes')
 # `Module.init`.
 _HINTS = {'init': 'initializer', 'kernel_init': 'initializer', 'filters': 'features'}
 
+_BUILT_IN = frozenset(MODELS)
+
 __all__ = ['MODELS', 'ConvNet', 'Pool', 'ResNet', 'check_fits', 'conv_output_size', 'create_model',
-           'model_fields']
+           'model_fields', 'register']
+
+
+def register(name: str, factory: Callable[..., nn.Module]) -> None:
+  """Makes `factory` (a linen module class, or a `functools.partial` of one, taking
+  `num_classes` and `dtype`) available as `config.model.name=name`. A config file that defines
+  a model registers it this way; loading the file again replaces its own entry, but no built-in
+  model can be replaced."""
+  if name in _BUILT_IN:
+    raise ValueError(f'{name!r} is a built-in model; register yours under another name')
+  MODELS[name] = factory
 
 
 def _lookup(name: str) -> Callable[..., nn.Module]:
