@@ -19,7 +19,7 @@ from cnn_jax.runtime import compilation_cache
 from cnn_jax.training import loop, losses, optim, setup, steps, train
 from cnn_jax.errors import UserError
 from cnn_jax.runtime.writers import read_metrics
-from conftest import load_config
+from conftest import REPO, load_config
 
 
 def _setup(seed=0, model_name='tiny', **model_kwargs):
@@ -35,7 +35,7 @@ def _setup(seed=0, model_name='tiny', **model_kwargs):
 def test_one_step_changes_params_and_a_second_does_not_retrace():
   model, tx, state, batch = _setup()
   before = jax.tree.map(np.array, state.params)  # Copy: the step donates the state's buffers.
-  train_step = steps.make_train_step(model, tx)
+  train_step = steps.build_steps(model, tx).jit_train()
   state, metrics = train_step(state, batch)
   state, metrics = train_step(state, batch)
   assert int(state.step) == 2 and np.isfinite(float(metrics['loss']))
@@ -48,18 +48,18 @@ def test_dropout_and_batch_norm_models_train():
   model, tx, state, batch = _setup(model_name='convnet', features=(4,), batch_norm=True,
                                    dense_dropout=0.5)
   stats_before = jax.tree.map(np.array, state.batch_stats)
-  state, _ = steps.make_train_step(model, tx)(state, batch)
+  state, _ = steps.build_steps(model, tx).jit_train()(state, batch)
   moved = jax.tree.map(lambda a, b: not np.allclose(a, b), stats_before,
                        jax.device_get(state.batch_stats))
   assert any(jax.tree.leaves(moved))
 
 
 def test_eval_step_counts_only_real_examples():
-  model, _, state, batch = _setup()
+  model, tx, state, batch = _setup()
   batch = dict(batch, mask=jnp.asarray([1.0] * 10 + [0.0] * 6))
-  sums = steps.make_eval_step(model)(state, batch)
+  sums = steps.build_steps(model, tx).jit_eval()(state, batch)
   assert float(sums['count']) == 10
-  full = steps.make_eval_step(model)(state, dict(batch, mask=jnp.ones(16)))
+  full = steps.build_steps(model, tx).jit_eval()(state, dict(batch, mask=jnp.ones(16)))
   assert float(sums['correct']) <= float(full['correct']) and float(sums['loss_sum']) > 0
 
 
@@ -303,3 +303,16 @@ def test_precision_reaches_every_convolution_and_product(name):
   text = _lowered_text(setup.build_model(config, 10))
   products = text.count('stablehlo.convolution') + text.count('stablehlo.dot_general')
   assert products >= 6 and text.count('HIGHEST') >= products  # [HIGHEST, HIGHEST] each.
+
+
+def test_train_steps_are_built_and_compiled_in_one_place():
+  """Training, populations, the benchmark and time to accuracy build their steps with
+  `steps.build_steps` and compile them with `Steps.jit_train`: one jit of a train step."""
+  found = []
+  for directory, _, names in os.walk(os.path.join(REPO, 'cnn_jax')):
+    for name in names:
+      if name.endswith('.py'):
+        path = os.path.join(directory, name)
+        with open(path, encoding='utf-8') as f:
+          found += [os.path.relpath(path, REPO) for line in f if 'donate_argnums' in line]
+  assert found == ['cnn_jax/training/steps.py'], found

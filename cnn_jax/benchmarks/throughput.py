@@ -97,9 +97,9 @@ def measure(config, num_steps: int, warmup: int, real_data: bool,
   results = dict(input_results)
   batches = [jax.device_put(b) for b in host]
 
-  options = run_speed.compiler_options()
-  train_step = steps.make_train_step(model, tx, losses.get(config.loss), config.label_smoothing,
-                                     Augmentation(**config.augment), options)
+  model_steps = steps.build_steps(model, tx, losses.get(config.loss), run_speed,
+                                  config.label_smoothing, Augmentation(**config.augment))
+  train_step = model_steps.jit_train()
   start = time.perf_counter()
   train_step = train_step.lower(state, batches[0]).compile()
   results['train_compile_s'] = time.perf_counter() - start
@@ -121,9 +121,9 @@ def measure(config, num_steps: int, warmup: int, real_data: bool,
     results['train_fraction_of_matmul'] = (results['train_gflop_per_s']
                                            / results['matmul_gflop_per_s'])
   state, results['train_loop_images_per_s'] = _time_the_loop(
-      config, model, tx, state, host, num_steps, warmup, real_data, options)
+      config, model_steps, state, host, num_steps, warmup, real_data)
 
-  eval_step = steps.make_eval_step(model, losses.get(config.loss))
+  eval_step = model_steps.jit_eval()
   eval_batch = {'image': jnp.zeros((eval_size, *info.image_shape), jnp.float32),
                 'label': jnp.zeros((eval_size,), jnp.int32), 'mask': jnp.ones((eval_size,))}
   start = time.perf_counter()
@@ -153,23 +153,21 @@ def matmul_gflop_per_s(size: int = 1024, calls: int = 10) -> float:
   return 2 * size ** 3 * calls / elapsed / 1e9
 
 
-def _time_the_loop(config, model, tx, state, host: list[dict], num_steps: int, warmup: int,
-                   real_data: bool, options) -> tuple[object, float]:
+def _time_the_loop(config, model_steps: steps.Steps, state, host: list[dict], num_steps: int,
+                   warmup: int, real_data: bool) -> tuple[object, float]:
   """Images/s of the training loop's own step runner (`loop.HostBatches`): each step's batch
   assembled on the host (from the dataset, with --data real) and transferred, as training does,
   where the train figure above feeds batches already on the device."""
   mesh = Mesh(np.asarray(jax.devices()), ('data',))
   sharding = NamedSharding(mesh, PartitionSpec('data'))
-  train_step = steps.train_step_fn(model, tx, losses.get(config.loss), config.label_smoothing,
-                                   Augmentation(**config.augment))
   if real_data and not config.data.stream:
     dataset = data.load_dataset(setup.data_spec(config), config.data.train_split,
                                 config.data.eval_split)
-    runner = loop.HostBatches.from_dataset(train_step, dataset, config.batch_size, config.seed, 0,
-                                           sharding, options, prefetch=config.data.prefetch)
+    runner = loop.HostBatches.from_dataset(model_steps, dataset, config.batch_size, config.seed,
+                                           0, sharding, prefetch=config.data.prefetch)
   else:  # Synthetic batches, or those a stream gave: the same host arrays, transferred each step.
     batches = (distributed.to_global(host[i % len(host)], sharding) for i in itertools.count())
-    runner = loop.HostBatches(train_step, batches, options)
+    runner = loop.HostBatches(model_steps, batches)
   for i in range(warmup):
     state, _ = runner(state, i, 1)
   jax.block_until_ready(state)

@@ -66,11 +66,10 @@ def time_to_accuracy(config, dataset: data.Dataset, target: float, max_epochs: i
       dataset.train, dataset.normalizer, config.batch_size, seed, i))
   eval_batches = lambda: map(jax.device_put, data.eval_batches(
       dataset.eval, dataset.normalizer, config.eval_batch_size))
-  loss = losses.get(config.loss)
-  train_step = steps.make_train_step(model, tx, loss, config.label_smoothing,
-                                     Augmentation(**config.augment), run_speed.compiler_options())
-  train_step = train_step.lower(state, train_batch(0)).compile()
-  eval_step = steps.make_eval_step(model, loss).lower(state, next(eval_batches())).compile()
+  model_steps = steps.build_steps(model, tx, losses.get(config.loss), run_speed,
+                                  config.label_smoothing, Augmentation(**config.augment))
+  train_step = model_steps.jit_train().lower(state, train_batch(0)).compile()
+  eval_step = model_steps.jit_eval().lower(state, next(eval_batches())).compile()
   compile_s = time.perf_counter() - start
 
   def train_epoch(epoch: int) -> None:

@@ -38,16 +38,15 @@ class Trainee:
 
   Attributes:
     init: returns the fresh train state; with a leading member axis [N] when `stacked`.
-    train_step: the pure `(state, batch) -> (state, metrics)`; metrics [N] when `stacked`.
-    eval_step: the pure `(state, batch) -> sums` ({'loss_sum', 'correct', 'count'}, [N] each).
+    steps: its train and eval steps; when `stacked`, they take the stacked states and give
+      metrics and sums [N].
     configs: each member's own complete config (for a single model, the run's config).
     workdirs: where each member's metrics, checkpoints and records go.
     schedules: each member's learning rate as a function of the step, for the logs.
     stacked: whether the state carries a member axis.
   """
   init: Callable[[], steps.TrainState]
-  train_step: Callable
-  eval_step: Callable
+  steps: steps.Steps
   configs: tuple[ml_collections.ConfigDict, ...]
   workdirs: tuple[str, ...]
   schedules: tuple[Callable, ...]
@@ -144,23 +143,24 @@ class HostBatches:
   """Runs one step per call on the next batch from the host (or from a stream); with a `table`
   (`pixel_table`), the batches' images are uint8 and the step normalises them."""
 
-  def __init__(self, train_step, batches: Iterator[dict], compiler_options,
+  def __init__(self, model_steps: steps.Steps, batches: Iterator[dict],
                table: np.ndarray | None = None):
+    train_step = model_steps.train
     if table is not None:
       train_step = steps.normalize_on_device(train_step, table)
-    self._step = jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options)
+    self._step = model_steps.jit_train(train_step)
     self._batches = batches
 
   @classmethod
-  def from_dataset(cls, train_step, dataset, batch_size: int, seed: int, start_step: int,
-                   sharding: NamedSharding, compiler_options, threads: int = 0,
+  def from_dataset(cls, model_steps: steps.Steps, dataset, batch_size: int, seed: int,
+                   start_step: int, sharding: NamedSharding, threads: int = 0,
                    worker_processes: int = 0, prefetch: int = 4) -> 'HostBatches':
     """Runs on `dataset`'s training batches from `start_step` on (`device_train_batches`); uint8
     pixels in memory travel as they are and the step normalises them (`pixel_table`)."""
     table = pixel_table(dataset)
     batches = device_train_batches(dataset, batch_size, seed, start_step, sharding, threads,
                                    worker_processes, prefetch, raw_pixels=table is not None)
-    return cls(train_step, batches, compiler_options, table)
+    return cls(model_steps, batches, table)
 
   def __call__(self, state, step: int, count: int):
     """Returns (state, [(its metrics, 1)]) after one step."""
@@ -178,19 +178,18 @@ class DeviceSplit:
   `table` (`pixel_table`), the split stays uint8 on the device, a quarter of the memory, and each
   step normalises its batch."""
 
-  def __init__(self, train_step, dataset, batch_size: int, seed: int, sharding: NamedSharding,
-               replicated: NamedSharding, compiler_options, steps_per_call: int,
+  def __init__(self, model_steps: steps.Steps, dataset, batch_size: int, seed: int,
+               sharding: NamedSharding, replicated: NamedSharding, steps_per_call: int,
                table: np.ndarray | None = None):
+    train_step = model_steps.train
     if table is not None:
       train_step = steps.normalize_on_device(train_step, table)
     self._split = _put_split_on_device(dataset.train,
                                        None if table is not None else dataset.normalizer,
                                        replicated)
     self._steps_per_call = steps_per_call
-    if steps_per_call == 1:
-      self._step = steps.make_gather_train_step(train_step, compiler_options)
-    else:
-      self._step = steps.make_scan_train_step(train_step, compiler_options)
+    wrap = steps.gather_step if steps_per_call == 1 else steps.scan_steps
+    self._step = model_steps.jit_train(wrap(train_step))
     self._indices = lambda s: data.train_indices(len(dataset.train), batch_size, seed, s)
     self._sharding = sharding
 

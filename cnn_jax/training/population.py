@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cnn_jax import config_keys, data, models
+from cnn_jax import config_keys, data, models, speed
 from cnn_jax.errors import UserError
 from cnn_jax.runtime import distributed
 from cnn_jax.training import losses, setup, steps
@@ -143,27 +143,30 @@ class Population:
     return steps.create_train_state(self.member_model(values), self.member_optimizer(values),
                                     jax.random.key(seed), image_shape)
 
+  def member_steps(self, values: dict) -> steps.Steps:
+    """One member's steps, for its values (traced inside the population's step)."""
+    smoothing = values.get('label_smoothing', self.config.label_smoothing)
+    return steps.build_steps(self.member_model(values), self.member_optimizer(values),
+                             losses.get(self.config.loss), label_smoothing=smoothing,
+                             augmentation=Augmentation(**self.config.augment))
+
   def train_step(self, state: steps.TrainState, values: dict, batch: steps.Batch):
     """One member's train step; `vmap` it over states and values, sharing the batch."""
-    smoothing = values.get('label_smoothing', self.config.label_smoothing)
-    step = steps.train_step_fn(self.member_model(values), self.member_optimizer(values),
-                               losses.get(self.config.loss), smoothing,
-                               Augmentation(**self.config.augment))
-    return step(state, batch)
+    return self.member_steps(values).train(state, batch)
 
 
 def population_trainee(config: ml_collections.ConfigDict,
                        members: list[ml_collections.ConfigDict], model,
-                       image_shape: tuple[int, int, int], num_steps: int, vectorize: str,
-                       workdirs: list[str]) -> Trainee:
+                       image_shape: tuple[int, int, int], num_steps: int,
+                       run_speed: speed.Speed, workdirs: list[str]) -> Trainee:
   """The loop's view of the population: N stacked states and the steps that step them all,
-  batched by `jax.vmap` (`vectorize` 'vmap') or one member after another ('loop')."""
+  batched by `jax.vmap` or one member after another (`run_speed.population_vectorize`)."""
   population = Population(config, model, num_steps)
   # NumPy arrays: constants of the compiled steps, on whatever devices the state lives on.
   values = varied_values(config, members)
   seeds = np.asarray([member.seed for member in members])
-  eval_step = steps.eval_step_fn(model, losses.get(config.loss))
-  if vectorize == 'vmap':
+  eval_step = population.member_steps({}).eval  # Evaluation uses no member's own value.
+  if run_speed.population_vectorize == 'vmap':
     vmapped_step = jax.vmap(population.train_step, in_axes=(0, 0, None))
     train_step = lambda states, batch: vmapped_step(states, values, batch)
     evaluate = jax.vmap(eval_step, in_axes=(0, None))
@@ -177,7 +180,7 @@ def population_trainee(config: ml_collections.ConfigDict,
                                             for i in range(size)])
   return Trainee(
       init=lambda: jax.vmap(lambda s, v: population.init(s, v, image_shape))(seeds, values),
-      train_step=train_step, eval_step=evaluate,
+      steps=steps.Steps(train_step, evaluate, run_speed.compiler_options()),
       configs=tuple(members), workdirs=tuple(workdirs),
       schedules=tuple(setup.build_schedule(member, num_steps) for member in members),
       stacked=True)

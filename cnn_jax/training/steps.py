@@ -1,10 +1,14 @@
-"""The train state and the pure, jitted train and eval steps.
+"""The train state and the pure train and eval steps, built once (`build_steps`) and compiled in
+one place (`Steps.jit_train`, `Steps.jit_eval`).
 
 `train_step(state, batch) -> (state, metrics)`: loss, gradient, optimizer update and new batch
 statistics in one `jax.jit`, with the old state's buffers donated. The dropout key of step s is
 `fold_in(state.rng, s)`, so a run resumed at step s draws the same numbers as one never stopped.
+Training, populations (their steps vmapped), the benchmark and time to accuracy all build their
+steps here.
 """
 
+import dataclasses
 from typing import Any, Callable
 
 import flax
@@ -14,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cnn_jax import speed
 from cnn_jax.training import losses
 from cnn_jax.training.augment import Augmentation, augment_batch
 
@@ -93,39 +98,24 @@ def normalize_on_device(train_step: Callable, table: np.ndarray) -> Callable:
   return step
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    loss: losses.Loss = losses.cross_entropy, label_smoothing: float = 0.0,
-                    augmentation: Augmentation = Augmentation(),
-                    compiler_options: dict[str, str] | None = None) -> Callable[
-                        [TrainState, Batch], tuple[TrainState, Metrics]]:
-  """Returns `train_step_fn(...)` jitted, with `state` donated.
+def gather_step(train_step: Callable) -> Callable:
+  """Returns the pure `step(state, images, labels, index) -> (state, metrics)` for on-device data.
 
-  `compiler_options`: XLA options of the compiled step (`cnn_jax.speed.Speed.compiler_options`).
-  """
-  return jax.jit(train_step_fn(model, tx, loss, label_smoothing, augmentation), donate_argnums=0,
-                 compiler_options=compiler_options)
-
-
-def make_gather_train_step(train_step: Callable,
-                           compiler_options: dict[str, str] | None = None) -> Callable:
-  """Returns a jitted `step(state, images, labels, index) -> (state, metrics)` for on-device data.
-
-  `train_step` is a pure step from `train_step_fn`. `images` [N, H, W, C] and `labels` [N] are
+  `train_step` is a pure train step (`Steps.train`). `images` [N, H, W, C] and `labels` [N] are
   the whole normalised training split, already on the device; only the batch's indices [B]
   travel each step. The batch is gathered inside the same compiled program, so the host neither
   assembles nor copies images.
   """
   def step(state, images, labels, index):
     return train_step(state, {'image': images[index], 'label': labels[index]})
-  return jax.jit(step, donate_argnums=0, compiler_options=compiler_options)
+  return step
 
 
-def make_scan_train_step(train_step: Callable,
-                         compiler_options: dict[str, str] | None = None) -> Callable:
-  """Returns a jitted `scanned_train_steps(state, images, labels, index, count) -> (state,
+def scan_steps(train_step: Callable) -> Callable:
+  """Returns the pure `scanned_train_steps(state, images, labels, index, count) -> (state,
   metrics)` that runs up to K steps in one compiled call.
 
-  Like `make_gather_train_step`, but `index` is [B, K]: column k holds step k's batch, and
+  Like `gather_step`, but `index` is [B, K]: column k holds step k's batch, and
   `lax.scan` runs the steps inside one call, so the host dispatches once per K steps. Only the
   first `count` (≤ K, a traced number) steps train; the others leave the state as it is. A call
   that must end early, at a log, an evaluation or a save, is the same program: a run compiles
@@ -146,7 +136,7 @@ def make_scan_train_step(train_step: Callable,
       return jax.lax.cond(k < count, train, skip, state)
     steps = jnp.arange(index.shape[1])
     return jax.lax.scan(one_step, state, (steps, index.T))
-  return jax.jit(scanned_train_steps, donate_argnums=0, compiler_options=compiler_options)
+  return scanned_train_steps
 
 
 def eval_step_fn(model: nn.Module, loss: losses.Loss = losses.cross_entropy
@@ -170,8 +160,38 @@ def eval_step_fn(model: nn.Module, loss: losses.Loss = losses.cross_entropy
   return eval_step
 
 
-def make_eval_step(model: nn.Module, loss: losses.Loss = losses.cross_entropy
-                   ) -> Callable[[TrainState, Batch], Metrics]:
-  """Returns `eval_step_fn(model, loss)` jitted, with XLA's own CPU kernels (see
-  `cnn_jax.speed.cpu_kernels`)."""
-  return jax.jit(eval_step_fn(model, loss))
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  """A model's pure train and eval steps, and the options its train steps compile with.
+
+  Attributes:
+    train: `(state, batch) -> (state, metrics)`; a population's takes and gives stacked states.
+    eval: `(state, batch) -> sums` ({'loss_sum', 'correct', 'count'}).
+    compiler_options: XLA options of the train steps (`cnn_jax.speed.Speed.compiler_options`).
+  """
+  train: Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+  eval: Callable[[TrainState, Batch], Metrics]
+  compiler_options: dict[str, str] | None = None
+
+  def jit_train(self, step: Callable | None = None) -> Callable:
+    """`step` jitted with the state (its first argument) donated and the speed layer's options:
+    the one place a train step is compiled. `step` is `train` (the default) or a wrapper of it
+    that the runner needs (`normalize_on_device`, `gather_step`, `scan_steps`)."""
+    return jax.jit(step or self.train, donate_argnums=0, compiler_options=self.compiler_options)
+
+  def jit_eval(self) -> Callable:
+    """`eval` jitted, with XLA's own CPU kernels: for the forward pass alone they were faster
+    (see `cnn_jax.speed.cpu_kernels`)."""
+    return jax.jit(self.eval)
+
+
+def build_steps(model: nn.Module, tx: optax.GradientTransformation,
+                loss: losses.Loss = losses.cross_entropy, run_speed: speed.Speed | None = None,
+                label_smoothing: float | jax.Array = 0.0,
+                augmentation: Augmentation = Augmentation()) -> Steps:
+  """Returns the train and eval steps of `model` minimising `loss` (with `label_smoothing`) by
+  `tx`, the batches augmented as `augmentation` says, compiled as `run_speed` says (None: with
+  XLA's defaults)."""
+  return Steps(train=train_step_fn(model, tx, loss, label_smoothing, augmentation),
+               eval=eval_step_fn(model, loss),
+               compiler_options=run_speed.compiler_options() if run_speed else None)

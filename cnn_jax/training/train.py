@@ -44,31 +44,28 @@ def report_skipped(dataset, workdir: str) -> None:
 
 
 def single_model(config: ml_collections.ConfigDict, model, image_shape: tuple[int, int, int],
-                 num_steps: int, workdir: str) -> loop.Trainee:
-  """The loop's view of one model trained as `config` says."""
+                 num_steps: int, workdir: str, run_speed: speed.Speed | None = None
+                 ) -> loop.Trainee:
+  """The loop's view of one model trained as `config` says, compiled as `run_speed` says."""
   tx, schedule = setup.build_optimizer(config, num_steps)
-  loss = losses.get(config.loss)
   return loop.Trainee(
       init=lambda: steps.create_train_state(model, tx, jax.random.key(config.seed), image_shape),
-      train_step=steps.train_step_fn(model, tx, loss, config.label_smoothing,
-                                     Augmentation(**config.augment)),
-      eval_step=steps.eval_step_fn(model, loss), configs=(config,), workdirs=(workdir,),
-      schedules=(schedule,))
+      steps=steps.build_steps(model, tx, losses.get(config.loss), run_speed,
+                              config.label_smoothing, Augmentation(**config.augment)),
+      configs=(config,), workdirs=(workdir,), schedules=(schedule,))
 
 
-def _runner(trainee: loop.Trainee, config, dataset, plan: setup.Plan, start_step: int, mesh: Mesh,
-            run_speed: speed.Speed):
+def _runner(trainee: loop.Trainee, config, dataset, plan: setup.Plan, start_step: int, mesh: Mesh):
   """The step runner, chosen once: batches from the host, or gathered from a split on the device."""
-  options = run_speed.compiler_options()
   batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
   if config.data.on_device:  # A uint8 split stays uint8 there, normalised by each step.
-    return loop.DeviceSplit(trainee.train_step, dataset, config.batch_size, plan.shuffle_seed,
-                            batch_sharding, NamedSharding(mesh, PartitionSpec()), options,
+    return loop.DeviceSplit(trainee.steps, dataset, config.batch_size, plan.shuffle_seed,
+                            batch_sharding, NamedSharding(mesh, PartitionSpec()),
                             plan.steps_per_dispatch, loop.pixel_table(dataset))
   d = config.data
-  return loop.HostBatches.from_dataset(trainee.train_step, dataset, config.batch_size,
-                                       plan.shuffle_seed, start_step, batch_sharding, options,
-                                       d.workers, d.worker_processes, d.prefetch)
+  return loop.HostBatches.from_dataset(trainee.steps, dataset, config.batch_size,
+                                       plan.shuffle_seed, start_step, batch_sharding, d.workers,
+                                       d.worker_processes, d.prefetch)
 
 
 def _describe(config, info: data.DatasetInfo, dataset, plan: setup.Plan, mesh: Mesh,
@@ -161,11 +158,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   plan = setup.make_plan(config, len(dataset.train), run_speed)
   if members:
     trainee = population.population_trainee(
-        config, members, model, info.image_shape, plan.num_steps, run_speed.population_vectorize,
+        config, members, model, info.image_shape, plan.num_steps, run_speed,
         member_workdirs or [population.member_dir(workdir, i) for i in range(len(members))])
     distributed.log(population.describe(config, members, info, plan.num_steps))
   else:
-    trainee = single_model(config, model, info.image_shape, plan.num_steps, workdir)
+    trainee = single_model(config, model, info.image_shape, plan.num_steps, workdir, run_speed)
     distributed.log(_describe(config, info, dataset, plan, mesh, model))
 
   # ---- state: fresh, warm-started or resumed; then the loop ---------------------------------------
@@ -192,8 +189,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       for member_workdir, member_config in zip(trainee.workdirs, trainee.configs):
         save_run_record(member_workdir, member_config)
         save_dataset_record(member_workdir, dataset.info, dataset.normalizer)
-    runner = _runner(trainee, config, dataset, plan, start_step, mesh, run_speed)
-    eval_step = jax.jit(trainee.eval_step)
+    runner = _runner(trainee, config, dataset, plan, start_step, mesh)
+    eval_step = trainee.steps.jit_eval()
     batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
     evaluate_all = lambda s: loop.evaluate(eval_step, s, loop.device_eval_batches(
         dataset, config.eval_batch_size, batch_sharding, config.data.workers))

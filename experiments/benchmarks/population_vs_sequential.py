@@ -51,21 +51,19 @@ def step_throughput(config, size: int, num_steps: int) -> tuple[float, float]:
   info = data.describe_dataset(setup.data_spec(config))
   run_speed = setup.build_speed(config)
   model = setup.build_model(config, info.num_classes, run_speed)
-  single = train.single_model(config, model, info.image_shape, num_steps, '')
+  single = train.single_model(config, model, info.image_shape, num_steps, '', run_speed)
   config.population.size, config.population.seeds = size, tuple(range(size))
   members = population.member_configs(config)
   trainee = population.population_trainee(config, members, model, info.image_shape, num_steps,
-                                          run_speed.population_vectorize, [''] * size)
-  options = run_speed.compiler_options()
+                                          run_speed, [''] * size)
   rng = np.random.default_rng(0)
   batches = [{'image': jnp.asarray(rng.normal(size=(config.batch_size, *info.image_shape)),
                                    jnp.float32),
               'label': jnp.asarray(rng.integers(0, info.num_classes, config.batch_size),
                                    jnp.int32)} for _ in range(4)]
-  compile_step = lambda step: jax.jit(step, donate_argnums=0, compiler_options=options)
-  sequential = _steps_per_s(compile_step(single.train_step), jax.jit(single.init)(), batches,
+  sequential = _steps_per_s(single.steps.jit_train(), jax.jit(single.init)(), batches,
                             num_steps) * config.batch_size
-  together = _steps_per_s(compile_step(trainee.train_step), jax.jit(trainee.init)(), batches,
+  together = _steps_per_s(trainee.steps.jit_train(), jax.jit(trainee.init)(), batches,
                           num_steps) * size * config.batch_size
   return together, sequential
 

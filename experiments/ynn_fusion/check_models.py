@@ -72,7 +72,7 @@ def main() -> None:
     # Members with their own initialisation, as population.seeds gives them.
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[
         steps.create_train_state(model, tx, jax.random.key(s), shape) for s in range(MEMBERS)])
-    pure = steps.train_step_fn(model, tx)
+    pure = steps.build_steps(model, tx).train
     for mode, fn, state in (('single', pure, one),
                             ('vmapped', jax.vmap(pure, in_axes=(0, None)), stacked)):
       reference = _outputs(jax.jit(fn, compiler_options=OFF), state, batch)
