@@ -28,7 +28,7 @@ import numpy as np
 from cnn_jax import cli, config_keys
 from cnn_jax.errors import UserError
 from cnn_jax.models import summary
-from cnn_jax.training import export, inference
+from cnn_jax.serving import export, inference
 from cnn_jax.training import train as training
 
 

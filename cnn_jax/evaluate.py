@@ -59,7 +59,7 @@ def write_report(report: dict, workdir: str) -> str:
 def main(argv: list[str]) -> None:
   del argv  # cli.run refuses any.
   # Imported once the flags are parsed: --help and flag mistakes answer without loading JAX.
-  from cnn_jax.training import inference  # pylint: disable=g-import-not-at-top
+  from cnn_jax.serving import inference  # pylint: disable=g-import-not-at-top
   args = flags.FLAGS
   report = inference.evaluate_workdir(args.workdir, args.checkpoint, args.split, args.batch_size)
   print(format_report(report))

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
   del argv  # cli.run refuses any.
   # Imported once the flags are parsed: --help and flag mistakes answer without loading JAX.
   from cnn_jax.errors import UserError  # pylint: disable=g-import-not-at-top
-  from cnn_jax.training import export, inference  # pylint: disable=g-import-not-at-top
+  from cnn_jax.serving import export, inference  # pylint: disable=g-import-not-at-top
   args = flags.FLAGS
   if args.batch == 'dynamic':
     batch = None

@@ -94,7 +94,7 @@ def _warn_reversed(predictions: list, trained_on: str | None, inverted: bool) ->
 def main(argv: list[str]) -> None:
   # Imported once the flags are parsed: --help and flag mistakes answer without loading JAX.
   from cnn_jax.data.images import expand_paths  # pylint: disable=g-import-not-at-top
-  from cnn_jax.training import inference  # pylint: disable=g-import-not-at-top
+  from cnn_jax.serving import inference  # pylint: disable=g-import-not-at-top
   args = flags.FLAGS
   files = expand_paths(argv[1:])
   if not files:

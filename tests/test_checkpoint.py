@@ -14,7 +14,8 @@ import optax
 import pytest
 
 from cnn_jax import models
-from cnn_jax.training import checkpoint, inference, steps, train
+from cnn_jax.serving import inference
+from cnn_jax.training import checkpoint, steps, train
 from cnn_jax.errors import UserError
 from cnn_jax.runtime.writers import read_metrics
 from conftest import REPO, load_config

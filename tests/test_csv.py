@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from cnn_jax import data, score
-from cnn_jax.training import inference, train
+from cnn_jax.serving import inference
+from cnn_jax.training import train
 from cnn_jax.data import csv_labels, images
 from cnn_jax.errors import UserError
 from conftest import REPO, load_config

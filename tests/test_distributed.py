@@ -11,7 +11,9 @@ import numpy as np
 import portpicker
 import pytest
 
-from cnn_jax.training import checkpoint, inference, train
+from cnn_jax.serving import inference
+
+from cnn_jax.training import checkpoint, train
 from cnn_jax.runtime.writers import read_metrics
 from conftest import REPO, load_config
 

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 
 from cnn_jax import data
 from cnn_jax.errors import UserError
-from cnn_jax.runtime import exported_model
-from cnn_jax.training import export, inference, jaxpr_to_onnx, train
+from cnn_jax.serving import export, exported_model, inference, jaxpr_to_onnx
+from cnn_jax.training import train
 from conftest import REPO, load_config
 from test_real_data import FASHION_MNIST, needs_fashion_mnist
 

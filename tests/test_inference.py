@@ -11,7 +11,8 @@ from PIL import Image
 
 from cnn_jax import data, evaluate
 from cnn_jax.data import images
-from cnn_jax.training import inference, train
+from cnn_jax.serving import inference
+from cnn_jax.training import train
 from cnn_jax.errors import UserError
 from cnn_jax.runtime.writers import read_metrics
 from conftest import REPO, load_config

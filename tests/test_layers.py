@@ -14,7 +14,8 @@ LAYERS = {
     'cnn_jax.data': 1, 'cnn_jax.models': 1,
     'cnn_jax.speed': 2,  # Faster equals of the models' layers, and the run's speed settings.
     'cnn_jax.training': 3,
-    'cnn_jax.sweeps': 4, 'cnn_jax.benchmarks': 4, 'cnn_jax.reporting': 4, 'cnn_jax.cli': 4,
+    'cnn_jax.serving': 4, 'cnn_jax.sweeps': 4, 'cnn_jax.benchmarks': 4, 'cnn_jax.reporting': 4,
+    'cnn_jax.cli': 4,
 }
 COMMAND_LAYER = 5
 # Imported inside functions so that a command that does not need them never pays for them.
@@ -23,7 +24,7 @@ LAZY_ALLOWED = ('optuna', 'torch', 'matplotlib', 'tensorflow', 'tensorflow_datas
                 'tensorboardX', 'grain', 'cnn_jax.reporting.figures',
                 'cnn_jax.benchmarks.torch_reference', 'cnn_jax.api', 'onnx', 'onnxruntime')
 # The loader that export copies beside a model runs an ONNX model where JAX is not installed.
-LAZY_IN_MODULE = {('cnn_jax.runtime.exported_model', 'jax')}
+LAZY_IN_MODULE = {('cnn_jax.serving.exported_model', 'jax')}
 
 
 def modules_of(root: str) -> dict[str, str]:

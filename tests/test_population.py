@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from cnn_jax.training import inference, population, setup, train
+from cnn_jax.serving import inference
+
+from cnn_jax.training import population, setup, train
 from cnn_jax.errors import UserError
 from cnn_jax.runtime.writers import read_metrics
 from cnn_jax.training.workdir import load_run_config as load_saved_config

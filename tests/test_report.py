@@ -98,7 +98,8 @@ def test_feature_maps_share_one_stated_scale_per_layer_and_loss_is_logarithmic(m
 def test_grad_cam_finds_the_strokes_and_differs_between_classes(digits_run):
   """Measured, not looked at: over the test digits, the evidence for the predicted class lies on
   the strokes more than on the empty border, and another class's evidence lies elsewhere."""
-  from cnn_jax.training import inference, saliency  # pylint: disable=g-import-not-at-top
+  from cnn_jax.reporting import saliency  # pylint: disable=g-import-not-at-top
+  from cnn_jax.serving import inference  # pylint: disable=g-import-not-at-top
   trained = inference.load_trained(digits_run, 'best')
   examples, logits = inference.split_logits(trained, 'test')
   target = saliency.cam_target(trained.model, trained.variables, trained.info.image_shape)
@@ -123,7 +124,7 @@ def test_grad_cam_finds_the_strokes_and_differs_between_classes(digits_run):
 
 def test_the_patches_that_excite_a_filter_are_where_its_output_peaks():
   from cnn_jax.models.summary import LayerRow  # pylint: disable=g-import-not-at-top
-  from cnn_jax.training import saliency  # pylint: disable=g-import-not-at-top
+  from cnn_jax.reporting import saliency  # pylint: disable=g-import-not-at-top
   images = np.arange(2 * 6 * 6, dtype=np.float32).reshape(2, 6, 6, 1)
   outputs = np.zeros((2, 6, 6, 2), np.float32)  # 3×3 SAME (P = 1), stride 1: 6×6 outputs.
   outputs[1, 2, 3, 0] = 5.0  # Filter 0 peaks on image 1 around (2, 3) ...
@@ -138,7 +139,7 @@ def test_the_patches_that_excite_a_filter_are_where_its_output_peaks():
 
 
 def test_pooling_three_ways_on_one_map():
-  from cnn_jax.training import saliency  # pylint: disable=g-import-not-at-top
+  from cnn_jax.reporting import saliency  # pylint: disable=g-import-not-at-top
   feature_map = np.array([[1, 3, 0, 0], [0, 4, 0, 0], [2, 2, 5, 0], [2, 2, 0, 0]], np.float32)
   pooled = saliency.pooled_three_ways(feature_map)
   np.testing.assert_allclose(pooled['max'], [[4, 0], [2, 5]])

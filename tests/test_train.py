@@ -261,7 +261,7 @@ def test_steps_per_dispatch_needs_the_data_on_the_device(tmp_path):
 def test_choices_are_made_on_validation_and_the_test_split_is_scored_once_at_the_end(tmp_path):
   """The best checkpoint is the one with the best validation accuracy; the test split is
   evaluated once, after training, on that checkpoint, and never during training."""
-  from cnn_jax.training import inference  # pylint: disable=g-import-not-at-top
+  from cnn_jax.serving import inference  # pylint: disable=g-import-not-at-top
   config = load_config('digits')
   config.num_steps, config.eval_every_steps, config.progress_bar = 120, 20, False
   config.optimizer.learning_rate = 1e-2  # Noisy enough that the last checkpoint is not the best.

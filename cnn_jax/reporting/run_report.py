@@ -22,7 +22,8 @@ from cnn_jax.models import layers, summary
 from cnn_jax.reporting import figures
 from cnn_jax.runtime.writers import read_metrics
 from cnn_jax.sweeps.leaderboard import OPTUNA_FIGURES, SWEEP_FILE
-from cnn_jax.training import inference, saliency
+from cnn_jax.reporting import saliency
+from cnn_jax.serving import inference
 
 MAX_FEATURE_LAYERS = 12  # Rows of the feature-map figure; a ResNet has dozens of layers.
 NUM_MISTAKES = 12

@@ -20,7 +20,8 @@ from cnn_jax.runtime import signals, writers
 from cnn_jax.runtime.writers import read_metrics
 from cnn_jax.sweeps import leaderboard, space, study as studies
 from cnn_jax.sweeps.leaderboard import SWEEP_FILE
-from cnn_jax.training import inference, population, train
+from cnn_jax.serving import inference
+from cnn_jax.training import population, train
 from cnn_jax.training.validation import config_problems
 
 

@@ -19,8 +19,9 @@ from tqdm import tqdm
 from cnn_jax import data
 from cnn_jax.data import image_folder, images
 from cnn_jax.errors import UserError
-from cnn_jax.runtime import compilation_cache, exported_model
-from cnn_jax.runtime.exported_model import ExportedModel
+from cnn_jax.runtime import compilation_cache
+from cnn_jax.serving import exported_model
+from cnn_jax.serving.exported_model import ExportedModel
 from cnn_jax.training import checkpoint, losses, setup, steps
 from cnn_jax.training.workdir import load_dataset_record, load_run_config
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_jax.models import layers
+from cnn_jax.models.resnet import ResidualBlock
 from cnn_jax.models.summary import LayerRow
 
 # Grad-CAM reads the deepest feature maps that are at least this many pixels on a side: deeper
@@ -52,12 +53,13 @@ def cam_target(model, variables, image_shape: tuple) -> CamTarget:
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     if context.method_name == '__call__':
-      path, kind = '/'.join(context.module.path), type(context.module).__name__
-      if kind == 'Pool':
+      path, module = '/'.join(context.module.path), context.module
+      # By class, not name: the speed layer's faster equals (cnn_jax.speed) are subclasses.
+      if isinstance(module, layers.Pool):
         found.append(CamTarget(path, True, tuple(args[0].shape[1:])))
-      elif kind == 'ResidualBlock':
+      elif isinstance(module, ResidualBlock):
         found.append(CamTarget(path, False, tuple(out.shape[1:])))
-      elif kind == 'Conv':
+      elif isinstance(module, nn.Conv):
         convolutions.append(CamTarget(path, False, tuple(out.shape[1:])))
     return out
 

@@ -5,7 +5,7 @@ the run, the model with its weights and batch statistics, and the softmax. As St
 `jax.export` serialises it; as ONNX, `jaxpr_to_onnx` translates it and onnxruntime checks the
 result against JAX's. Beside it go model.json (the format, the class names, the input shape,
 where it came from) and exported_model.py, the loader that needs only NumPy and JAX or
-onnxruntime (`cnn_jax.runtime.exported_model`).
+onnxruntime (`cnn_jax.serving.exported_model`).
 """
 
 import json
@@ -18,9 +18,8 @@ import numpy as np
 from jax import export
 
 from cnn_jax.errors import UserError
-from cnn_jax.runtime import exported_model
-from cnn_jax.training import jaxpr_to_onnx
-from cnn_jax.training.inference import TrainedModel, file_normalizer, training_background
+from cnn_jax.serving import exported_model, jaxpr_to_onnx
+from cnn_jax.serving.inference import TrainedModel, file_normalizer, training_background
 from cnn_jax.training.workdir import library_versions
 
 
