@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from cnn_jax import data, models, speed
 from cnn_jax.data import sources
 from cnn_jax.runtime import compilation_cache
-from cnn_jax.training import loop, losses, optim, setup, steps, train
+from cnn_jax.training import losses, optim, runners, setup, steps, train
 from cnn_jax.errors import UserError
 from cnn_jax.runtime.writers import read_metrics
 from conftest import REPO, load_config
@@ -179,13 +179,13 @@ def test_pixels_normalised_on_the_device_train_exactly_like_pixels_normalised_on
   config = _short_digits_config()
   dataset = setup.load_data(config, data.open_source(setup.data_spec(config)))
   sharding = NamedSharding(Mesh(np.asarray(jax.devices()), ('data',)), PartitionSpec('data'))
-  table = loop.pixel_table(dataset)
-  raw = next(loop.device_train_batches(dataset, 64, 0, 0, sharding, raw_pixels=True))
+  table = runners.pixel_table(dataset)
+  raw = next(runners.device_train_batches(dataset, 64, 0, 0, sharding, raw_pixels=True))
   assert table is not None and raw['image'].dtype == np.uint8
   records = {}
   for where in ('device', 'host'):
     if where == 'host':  # The training split's pixels normalised by NumPy, as floats travel.
-      monkeypatch.setattr(loop, 'pixel_table', lambda dataset: None)
+      monkeypatch.setattr(runners, 'pixel_table', lambda dataset: None)
     for on_device in (False, True):
       config.data.on_device = on_device
       workdir = str(tmp_path / f'{where}_{on_device}')

@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from cnn_jax import data, models, speed
 from cnn_jax.benchmarks import time_to_accuracy, torch_reference
 from cnn_jax.runtime import distributed
-from cnn_jax.training import loop, losses, setup, steps
+from cnn_jax.training import losses, runners, setup, steps
 from cnn_jax.training.augment import Augmentation
 from cnn_jax.training.validation import validate_config
 
@@ -155,7 +155,7 @@ def matmul_gflop_per_s(size: int = 1024, calls: int = 10) -> float:
 
 def _time_the_loop(config, model_steps: steps.Steps, state, host: list[dict], num_steps: int,
                    warmup: int, real_data: bool) -> tuple[object, float]:
-  """Images/s of the training loop's own step runner (`loop.HostBatches`): each step's batch
+  """Images/s of the training loop's own step runner (`runners.HostBatches`): each step's batch
   assembled on the host (from the dataset, with --data real) and transferred, as training does,
   where the train figure above feeds batches already on the device."""
   mesh = Mesh(np.asarray(jax.devices()), ('data',))
@@ -163,11 +163,11 @@ def _time_the_loop(config, model_steps: steps.Steps, state, host: list[dict], nu
   if real_data and not config.data.stream:
     dataset = data.load_dataset(setup.data_spec(config), config.data.train_split,
                                 config.data.eval_split)
-    runner = loop.HostBatches.from_dataset(model_steps, dataset, config.batch_size, config.seed,
+    runner = runners.HostBatches.from_dataset(model_steps, dataset, config.batch_size, config.seed,
                                            0, sharding, prefetch=config.data.prefetch)
   else:  # Synthetic batches, or those a stream gave: the same host arrays, transferred each step.
     batches = (distributed.to_global(host[i % len(host)], sharding) for i in itertools.count())
-    runner = loop.HostBatches(model_steps, batches)
+    runner = runners.HostBatches(model_steps, batches)
   for i in range(warmup):
     state, _ = runner(state, i, 1)
   jax.block_until_ready(state)

@@ -12,7 +12,8 @@ weight decay, label smoothing and dropout rates, which enter the compiled step a
 the seed `population.seeds` gives it (by default `seed` for all, so that members differ only in
 what is compared). One dispatch then trains all N, which on a CPU amortises the per-step
 overhead and on an accelerator fills the device. Batches come from the host (`data.on_device`
-is for single runs). The loop is the single model's (`cnn_jax.training.loop`); this module says what differs.
+is for single runs). The loop is the single model's (`cnn_jax.training.loop`); this module says
+what differs.
 
 Each member is written as an ordinary run in WORKDIR/member_XX: its own config.json (the values
 it trained with, so training it alone reproduces it), dataset.json, metrics.jsonl, TensorBoard

@@ -19,7 +19,7 @@ from cnn_jax import data, models, speed
 from cnn_jax.errors import UserError
 from cnn_jax.models import summary
 from cnn_jax.runtime import compilation_cache, distributed
-from cnn_jax.training import checkpoint, loop, losses, population, setup, steps
+from cnn_jax.training import checkpoint, loop, losses, population, resume, runners, setup, steps
 from cnn_jax.training.augment import Augmentation
 from cnn_jax.training.validation import validate_config
 from cnn_jax.training.workdir import check_workdir, save_dataset_record, save_run_record
@@ -59,11 +59,11 @@ def _runner(trainee: loop.Trainee, config, dataset, plan: setup.Plan, start_step
   """The step runner, chosen once: batches from the host, or gathered from a split on the device."""
   batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
   if config.data.on_device:  # A uint8 split stays uint8 there, normalised by each step.
-    return loop.DeviceSplit(trainee.steps, dataset, config.batch_size, plan.shuffle_seed,
+    return runners.DeviceSplit(trainee.steps, dataset, config.batch_size, plan.shuffle_seed,
                             batch_sharding, NamedSharding(mesh, PartitionSpec()),
-                            plan.steps_per_dispatch, loop.pixel_table(dataset))
+                            plan.steps_per_dispatch, runners.pixel_table(dataset))
   d = config.data
-  return loop.HostBatches.from_dataset(trainee.steps, dataset, config.batch_size,
+  return runners.HostBatches.from_dataset(trainee.steps, dataset, config.batch_size,
                                        plan.shuffle_seed, start_step, batch_sharding, d.workers,
                                        d.worker_processes, d.prefetch)
 
@@ -174,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               for w in trainee.workdirs]
   runner = None
   try:  # `finally` closes the managers and the runner (a stream's workers), however the run ends.
-    state, progress = loop.restore(trainee, managers, state)
+    state, progress = resume.restore(trainee, managers, state)
     start_step = loop.step_of(trainee, state)
     if start_step > plan.num_steps:
       raise UserError(
@@ -192,11 +192,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     runner = _runner(trainee, config, dataset, plan, start_step, mesh)
     eval_step = trainee.steps.jit_eval()
     batch_sharding = NamedSharding(mesh, PartitionSpec('data'))
-    evaluate_all = lambda s: loop.evaluate(eval_step, s, loop.device_eval_batches(
+    evaluate_all = lambda s: loop.evaluate(eval_step, s, runners.device_eval_batches(
         dataset, config.eval_batch_size, batch_sharding, config.data.workers))
     single_on_eval = None if on_eval is None else lambda step, finals: on_eval(step, finals[0])
     evaluate_test = None if dataset.test is None else lambda s: loop.evaluate(
-        eval_step, s, loop.device_eval_batches(dataset, config.eval_batch_size, batch_sharding,
+        eval_step, s, runners.device_eval_batches(dataset, config.eval_batch_size, batch_sharding,
                                                config.data.workers, split='test'))
     finals, tests = loop.fit(trainee, state, runner, evaluate_all, plan, managers, progress,
                              config.data.eval_split, started, config.progress_bar,
