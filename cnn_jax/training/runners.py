@@ -8,9 +8,10 @@ gains from it. Both are called `runner(state, step, count) -> (state, [(metrics,
 
 import collections
 import itertools
-from typing import Iterator
+from typing import Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
@@ -23,7 +24,7 @@ from cnn_jax.training import steps
 # ---- batches on the devices --------------------------------------------------------------------
 
 def pixel_table(dataset) -> np.ndarray | None:
-  """The table that normalises training images on the device (`steps.normalize_on_device`)
+  """The table that normalises training images on the device (`normalize_on_device`)
   where the split in memory holds uint8 pixels; None where it does not, or for a stream (its
   reading threads or processes normalise)."""
   if isinstance(dataset, data.StreamedDataset) or dataset.train.images.dtype != np.uint8:
@@ -38,7 +39,7 @@ def device_train_batches(dataset, batch_size: int, seed: int, start_step: int,
 
   From a split in memory, every process builds the same batch and keeps its rows, `prefetch`
   batches ahead of the one the loop takes, so the next transfers overlap the running step; with
-  `raw_pixels`, its images stay as the split holds them (uint8, for `steps.normalize_on_device`).
+  `raw_pixels`, its images stay as the split holds them (uint8, for `normalize_on_device`).
   From a stream, each process reads, decodes and shuffles only its own shard of the examples.
   """
   if isinstance(dataset, data.StreamedDataset):
@@ -75,6 +76,63 @@ def device_eval_batches(dataset, batch_size: int, sharding: NamedSharding, threa
       yield distributed.to_global(batch, sharding)
 
 
+# ---- the train step as the runners call it ------------------------------------------------------
+
+def normalize_on_device(train_step: Callable, table: np.ndarray) -> Callable:
+  """Returns `train_step` for batches whose images are uint8, as the split holds them: the step
+  normalises them through `table` [256, C] (`data.Normalizer.lookup_table`), a lookup that gives
+  the host's float32 values bit for bit, so training computes exactly the same numbers while a
+  quarter of the bytes travel to the device."""
+  def step(state: steps.TrainState, batch: steps.Batch) -> tuple[steps.TrainState, steps.Metrics]:
+    pixels = batch['image'].astype(jnp.int32)  # [B, H, W, C]
+    images = jnp.asarray(table)[pixels, jnp.arange(pixels.shape[-1])]
+    return train_step(state, {**batch, 'image': images})
+  return step
+
+
+def gather_step(train_step: Callable) -> Callable:
+  """Returns the pure `step(state, images, labels, index) -> (state, metrics)` for on-device data.
+
+  `train_step` is a pure train step (`Steps.train`). `images` [N, H, W, C] and `labels` [N] are
+  the whole normalised training split, already on the device; only the batch's indices [B]
+  travel each step. The batch is gathered inside the same compiled program, so the host neither
+  assembles nor copies images.
+  """
+  def step(state, images, labels, index):
+    return train_step(state, {'image': images[index], 'label': labels[index]})
+  return step
+
+
+def scan_steps(train_step: Callable) -> Callable:
+  """Returns the pure `scanned_train_steps(state, images, labels, index, count) -> (state,
+  metrics)` that runs up to K steps in one compiled call.
+
+  Like `gather_step`, but `index` is [B, K]: column k holds step k's batch, and
+  `lax.scan` runs the steps inside one call, so the host dispatches once per K steps. Only the
+  first `count` (≤ K, a traced number) steps train; the others leave the state as it is. A call
+  that must end early, at a log, an evaluation or a save, is the same program: a run compiles
+  one, whatever its cadence. The metrics come back stacked, [K] each, the last K − count zero.
+  (The index is [B, K], not [K, B], so that it is sharded along its first axis like every batch.)
+  """
+  def scanned_train_steps(state, images, labels, index, count):
+    def one_step(state, step_and_index):
+      k, batch_index = step_and_index
+
+      def train(state):
+        return train_step(state, {'image': images[batch_index], 'label': labels[batch_index]})
+
+      def skip(state):
+        metrics = jax.eval_shape(lambda s: train(s)[1], state)
+        return state, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
+
+      return jax.lax.cond(k < count, train, skip, state)
+    steps = jnp.arange(index.shape[1])
+    return jax.lax.scan(one_step, state, (steps, index.T))
+  return scanned_train_steps
+
+
+# ---- the runners --------------------------------------------------------------------------------
+
 class HostBatches:
   """Runs one step per call on the next batch from the host (or from a stream); with a `table`
   (`pixel_table`), the batches' images are uint8 and the step normalises them."""
@@ -83,7 +141,7 @@ class HostBatches:
                table: np.ndarray | None = None):
     train_step = model_steps.train
     if table is not None:
-      train_step = steps.normalize_on_device(train_step, table)
+      train_step = normalize_on_device(train_step, table)
     self._step = model_steps.jit_train(train_step)
     self._batches = batches
 
@@ -119,12 +177,12 @@ class DeviceSplit:
                table: np.ndarray | None = None):
     train_step = model_steps.train
     if table is not None:
-      train_step = steps.normalize_on_device(train_step, table)
+      train_step = normalize_on_device(train_step, table)
     self._split = _put_split_on_device(dataset.train,
                                        None if table is not None else dataset.normalizer,
                                        replicated)
     self._steps_per_call = steps_per_call
-    wrap = steps.gather_step if steps_per_call == 1 else steps.scan_steps
+    wrap = gather_step if steps_per_call == 1 else scan_steps
     self._step = model_steps.jit_train(wrap(train_step))
     self._indices = lambda s: data.train_indices(len(dataset.train), batch_size, seed, s)
     self._sharding = sharding

@@ -15,7 +15,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from cnn_jax import speed
@@ -86,59 +85,6 @@ def train_step_fn(model: nn.Module, tx: optax.GradientTransformation,
   return train_step
 
 
-def normalize_on_device(train_step: Callable, table: np.ndarray) -> Callable:
-  """Returns `train_step` for batches whose images are uint8, as the split holds them: the step
-  normalises them through `table` [256, C] (`data.Normalizer.lookup_table`), a lookup that gives
-  the host's float32 values bit for bit, so training computes exactly the same numbers while a
-  quarter of the bytes travel to the device."""
-  def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    pixels = batch['image'].astype(jnp.int32)  # [B, H, W, C]
-    images = jnp.asarray(table)[pixels, jnp.arange(pixels.shape[-1])]
-    return train_step(state, {**batch, 'image': images})
-  return step
-
-
-def gather_step(train_step: Callable) -> Callable:
-  """Returns the pure `step(state, images, labels, index) -> (state, metrics)` for on-device data.
-
-  `train_step` is a pure train step (`Steps.train`). `images` [N, H, W, C] and `labels` [N] are
-  the whole normalised training split, already on the device; only the batch's indices [B]
-  travel each step. The batch is gathered inside the same compiled program, so the host neither
-  assembles nor copies images.
-  """
-  def step(state, images, labels, index):
-    return train_step(state, {'image': images[index], 'label': labels[index]})
-  return step
-
-
-def scan_steps(train_step: Callable) -> Callable:
-  """Returns the pure `scanned_train_steps(state, images, labels, index, count) -> (state,
-  metrics)` that runs up to K steps in one compiled call.
-
-  Like `gather_step`, but `index` is [B, K]: column k holds step k's batch, and
-  `lax.scan` runs the steps inside one call, so the host dispatches once per K steps. Only the
-  first `count` (≤ K, a traced number) steps train; the others leave the state as it is. A call
-  that must end early, at a log, an evaluation or a save, is the same program: a run compiles
-  one, whatever its cadence. The metrics come back stacked, [K] each, the last K − count zero.
-  (The index is [B, K], not [K, B], so that it is sharded along its first axis like every batch.)
-  """
-  def scanned_train_steps(state, images, labels, index, count):
-    def one_step(state, step_and_index):
-      k, batch_index = step_and_index
-
-      def train(state):
-        return train_step(state, {'image': images[batch_index], 'label': labels[batch_index]})
-
-      def skip(state):
-        metrics = jax.eval_shape(lambda s: train(s)[1], state)
-        return state, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
-
-      return jax.lax.cond(k < count, train, skip, state)
-    steps = jnp.arange(index.shape[1])
-    return jax.lax.scan(one_step, state, (steps, index.T))
-  return scanned_train_steps
-
-
 def eval_step_fn(model: nn.Module, loss: losses.Loss = losses.cross_entropy
                  ) -> Callable[[TrainState, Batch], Metrics]:
   """Returns the pure `eval_step(state, batch) -> sums` over the real (mask = 1) examples, the
@@ -176,7 +122,7 @@ class Steps:
   def jit_train(self, step: Callable | None = None) -> Callable:
     """`step` jitted with the state (its first argument) donated and the speed layer's options:
     the one place a train step is compiled. `step` is `train` (the default) or a wrapper of it
-    that the runner needs (`normalize_on_device`, `gather_step`, `scan_steps`)."""
+    that a step runner needs (`cnn_jax.training.runners`)."""
     return jax.jit(step or self.train, donate_argnums=0, compiler_options=self.compiler_options)
 
   def jit_eval(self) -> Callable:
