@@ -75,6 +75,7 @@ BAD_VALUES = [
     ('optimizer.weight_decay', ['-1'], []),
     ('optimizer.grad_clip_norm', ['-1'], []),
     ('loss', ['cross_entropie'], []),
+    ('stop_on_nan', ['maybe'], []),
     ('label_smoothing', ['1.0', '-0.1'], []),
     ('batch_size', ['0', '-1', 'abc'], []),
     ('eval_batch_size', ['0'], []),

@@ -163,3 +163,18 @@ def test_the_members_train_alike_stepped_by_vmap_or_one_after_another(tmp_path):
     losses[vectorize] = [[r['loss'] for r in read_metrics(population.member_dir(
         str(tmp_path / vectorize), i)) if r['split'] == 'train'] for i in range(4)]
   np.testing.assert_allclose(losses['loop'], losses['vmap'], rtol=1e-4)
+
+
+def test_a_diverging_member_is_marked_and_the_others_train_on(tmp_path):
+  config = small_population(learning_rates=(1e-3, 10.0))
+  config.population.size = 2
+  config.optimizer.name = 'sgd'
+  result = train.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / 'population.json', encoding='utf-8') as f:
+    members = {m['member']: m for m in json.load(f)['members']}
+  assert members['member_01']['diverged_at_step'] == 15  # Seen at the save of step 15.
+  assert 'diverged_at_step' not in members['member_00']
+  assert result['member'] == 0 and np.isfinite(members['member_00']['loss'])
+  trained = [r['step'] for r in read_metrics(population.member_dir(str(tmp_path), 0))
+             if r['split'] == 'train']
+  assert trained == [10, 20, 30]  # The other member trained to the end.

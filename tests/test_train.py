@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from cnn_jax import data, models, speed
 from cnn_jax.data import sources
 from cnn_jax.runtime import compilation_cache
-from cnn_jax.training import losses, optim, runners, setup, steps, train
+from cnn_jax.training import loop, losses, optim, runners, setup, steps, train
 from cnn_jax.errors import UserError
 from cnn_jax.runtime.writers import read_metrics
 from conftest import REPO, load_config
@@ -316,3 +316,31 @@ def test_train_steps_are_built_and_compiled_in_one_place():
         with open(path, encoding='utf-8') as f:
           found += [os.path.relpath(path, REPO) for line in f if 'donate_argnums' in line]
   assert found == ['cnn_jax/training/steps.py'], found
+
+
+def test_a_diverging_run_stops_at_the_next_log_and_keeps_the_checkpoint_before_it(tmp_path):
+  config = _short_digits_config()
+  config.optimizer.name, config.optimizer.learning_rate = 'sgd', 10.0  # Overflows by step 20.
+  config.num_steps, config.eval_every_steps, config.log_every_steps = 100, 10, 10
+  workdir = str(tmp_path / 'diverged')
+  with pytest.raises(loop.TrainingDiverged, match=r'by step 20: .*last finite: .* at step 10\)\. '
+                     r'Its checkpoints up to step 10 are kept') as raised:
+    train.train_and_evaluate(config, workdir)
+  assert 'learning_rate' in str(raised.value)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['10']
+  records = read_metrics(workdir)
+  assert [r['step'] for r in records if r['split'] == 'train'] == [10]  # Nothing non-finite.
+  config.stop_on_nan = False  # Switched off: the same run trains to the end, nan and all.
+  train.train_and_evaluate(config, str(tmp_path / 'unchecked'))
+  losses_logged = [r['loss'] for r in read_metrics(str(tmp_path / 'unchecked'))
+                   if r['split'] == 'train']
+  assert len(losses_logged) == 10 and not np.isfinite(losses_logged[-1])
+
+
+def test_a_batch_larger_than_the_training_split_is_refused_with_its_size(tmp_path):
+  config = _short_digits_config()
+  config.batch_size = 100_000
+  with pytest.raises(UserError, match=r'batch_size=100,000 is larger than the training split '
+                     r'\(1,293 examples\).*about 77 times'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(os.path.join(str(tmp_path), 'checkpoints'))

@@ -132,6 +132,9 @@ def get_config():
   config.eval_batch_size = 256  # Evaluation batch; the last one is padded and masked, never dropped.
   config.num_epochs = 10.0  # Training length in passes over the training split (may be fractional).
   config.num_steps = 0  # If > 0, the training length in steps instead of epochs.
+  # A training loss that is nan or infinite stops the run at the next log or save, keeping the
+  # last checkpoint saved before it (a population marks the member and trains the others on).
+  config.stop_on_nan = True
   config.dtype = 'float32'  # Computation dtype; parameters are always float32.
   # Float32 convolutions and matrix products: 'default' = the platform's fastest (float32 on
   # CPU; TF32 on NVIDIA GPUs since Ampere, as PyTorch's and Keras's convolutions; one bfloat16

@@ -7,6 +7,7 @@ progress bar) is written once, here, for both; the step runners are in `runners`
 `resume`.
 """
 
+import contextlib
 import dataclasses
 import signal
 import time
@@ -18,12 +19,17 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from cnn_jax.errors import UserError
 from cnn_jax.runtime import distributed, signals
 from cnn_jax.runtime.writers import MetricWriter
 from cnn_jax.training import checkpoint, steps
 from cnn_jax.training.setup import Plan
 
 _SUMS = ('loss', 'accuracy', 'count')  # The running train metrics, summed between logs.
+
+
+class TrainingDiverged(UserError):
+  """The training loss stopped being finite; the checkpoints saved before it are kept."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +113,58 @@ def _metrics_line(done: int, plan: Plan, split: str, finals: list[dict], seconds
           f'{min(accuracies):.2%}  ({seconds:.1f} s)')
 
 
+class _Divergence:
+  """Watches the training loss: a member whose loss is no longer finite has diverged. One model
+  (or a whole population) that diverges ends the run; a member of a population is marked and the
+  others train on (its best checkpoint, ranked on the eval split, predates it)."""
+
+  def __init__(self, workdirs: tuple[str, ...], managers: list, stop: bool):
+    self.workdirs, self.managers, self.stop = workdirs, managers, stop
+    self.at_step = [None] * len(workdirs)  # The step by which each member had diverged.
+    self.last_finite = [None] * len(workdirs)  # (step, loss) of each member's last finite log.
+
+  def logged(self, done: int, train: list[dict]) -> None:
+    for i, metrics in enumerate(train):
+      if np.isfinite(metrics['loss']):
+        self.last_finite[i] = (done, metrics['loss'])
+
+  def check(self, done: int, sums: np.ndarray) -> None:
+    """Looks at the train losses summed since the last log, at step `done`.
+
+    Raises:
+      TrainingDiverged: every member not yet diverged has (one model: it has).
+    """
+    if not self.stop:
+      return
+    new = [i for i, loss in enumerate(sums[:, 0]) if not np.isfinite(loss) and
+           self.at_step[i] is None]
+    for i in new:
+      self.at_step[i] = done
+    if not new:
+      return
+    if all(step is not None for step in self.at_step):
+      raise TrainingDiverged(self._message(new[0], done))
+    for i in new:
+      distributed.log(f'Member {i} ({self.workdirs[i]}) diverged by step {done:,}: its training '
+                      f'loss is no longer finite{self._last(i)}. The other members train on.')
+
+  def _last(self, i: int) -> str:
+    if self.last_finite[i] is None:
+      return ''
+    step, loss = self.last_finite[i]
+    return f' (last finite: {loss:.4g} at step {step:,})'
+
+  def _message(self, i: int, done: int) -> str:
+    self.managers[i].wait_until_finished()
+    saved = self.managers[i].latest_step()
+    kept = (f'Its checkpoints up to step {saved:,} are kept in {self.workdirs[i]}.' if saved
+            is not None else 'No checkpoint was saved before it.')
+    return (f'Training diverged by step {done:,}: the training loss is no longer finite'
+            f'{self._last(i)}. {kept} Try a lower config.optimizer.learning_rate, gradient '
+            'clipping (config.optimizer.grad_clip_norm) or a warmup; config.stop_on_nan=False '
+            'trains on regardless.')
+
+
 def _log_train(writers: list, sums: np.ndarray, rates: np.ndarray, done: int) -> list[dict]:
   """Writes each member's train metrics averaged since the last log; returns them."""
   averages = [{'loss': m[0] / m[2], 'accuracy': m[1] / m[2]} for m in sums]
@@ -123,6 +181,19 @@ def _save(managers: list, writers: list, members: list, sums: np.ndarray,
       managers, writers, members, sums, metrics or [None] * len(members)):
     checkpoint.save(manager, member, {'train_sums': dict(zip(_SUMS, member_sums.tolist())),
                                       'elapsed': writer.elapsed()}, member_metrics)
+
+
+@contextlib.contextmanager
+def _closed_on_error(writers: list, bar: tqdm):
+  """Closes the metric writers and the bar if training ends by an exception, so what was logged
+  before it reaches the files."""
+  try:
+    yield
+  except BaseException:
+    bar.close()
+    for writer in writers:
+      writer.close()
+    raise
 
 
 def _progress_bar(start_step: int, plan: Plan, wanted: bool) -> tuple[tqdm, bool]:
@@ -149,6 +220,8 @@ def fit(trainee: Trainee, state, runner, evaluate_all: Callable[[Any], list[dict
 
   Raises:
     signals.TrainingInterrupted: a stop signal arrived; every member was checkpointed first.
+    TrainingDiverged: the training loss stopped being finite (plan.stop_on_nan), of the model or
+      of every member; nothing was saved after it.
   """
   done = start_step = step_of(trainee, state)
   main = distributed.is_main_process()
@@ -166,7 +239,8 @@ def fit(trainee: Trainee, state, runner, evaluate_all: Callable[[Any], list[dict
   learning_rates = jax.jit(lambda step: jnp.stack([jnp.asarray(schedule(step), jnp.float32)
                                                    for schedule in trainee.schedules]))
   bar, plain = _progress_bar(start_step, plan, progress_bar)
-  with signals.StopRequest() as stop:
+  divergence = _Divergence(trainee.workdirs, managers, plan.stop_on_nan)
+  with signals.StopRequest() as stop, _closed_on_error(writers, bar):
     while done < plan.num_steps:
       count = min(plan.steps_per_dispatch, plan.next_stop(done) - done)
       state, metrics = runner(state, done, count)
@@ -176,7 +250,9 @@ def fit(trainee: Trainee, state, runner, evaluate_all: Callable[[Any], list[dict
       due = plan.due(done)
       if due['log']:
         _accumulate(sums, pending)
+        divergence.check(done, sums)
         train = _log_train(writers, sums, np.asarray(learning_rates(done - 1)), done)
+        divergence.logged(done, train)
         bar.set_postfix(loss=f'{train[0]["loss"]:.4f}', acc=f'{train[0]["accuracy"]:.3f}')
         if plain:
           print(_metrics_line(done, plan, 'train', train, time.time() - started), flush=True)
@@ -197,6 +273,7 @@ def fit(trainee: Trainee, state, runner, evaluate_all: Callable[[Any], list[dict
                                                                                          False)
       if due['save'] or stopping or timed:
         _accumulate(sums, pending)  # The running sums travel in the checkpoints.
+        divergence.check(done, sums)  # Before the save: keep the last good one.
         _save(managers, writers, trainee.split(state), sums, finals if due['eval'] else None)
         last_save = time.time()
       if stopping:
@@ -210,6 +287,8 @@ def fit(trainee: Trainee, state, runner, evaluate_all: Callable[[Any], list[dict
     # A process that was not signalled itself stops as its signalled peers do.
     raise signals.TrainingInterrupted(stop.signum or signal.SIGTERM, done)
   finals = finals if finals[0] else evaluate_all(state)  # A finished run re-run: its result.
+  finals = [{**f, 'diverged_at_step': step} if step is not None else f
+            for f, step in zip(finals, divergence.at_step)]
   tests = None
   if evaluate_test is not None:
     chosen, chosen_steps = chosen_checkpoints(trainee, managers, state)

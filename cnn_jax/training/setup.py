@@ -14,6 +14,7 @@ import ml_collections
 import optax
 
 from cnn_jax import data, models, speed
+from cnn_jax.errors import UserError
 from cnn_jax.training import optim
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -111,6 +112,7 @@ class Plan:
   save_every_minutes: float  # ... and when this much time passed since the last; 0 = never.
   shuffle_seed: int  # The seed of the training batches' order.
   steps_per_dispatch: int  # Training steps one compiled call runs.
+  stop_on_nan: bool = True  # A training loss that is not finite ends the run (`loop.fit`).
 
   def due(self, step: int) -> dict[str, bool]:
     """{'log', 'eval', 'save'}: what is due after `step` steps (always all at the end)."""
@@ -128,7 +130,17 @@ class Plan:
 def make_plan(config: ml_collections.ConfigDict, num_train_examples: int,
               run_speed: speed.Speed | None = None) -> Plan:
   """Returns the run's plan for a training split of `num_train_examples` examples, with as many
-  steps per compiled call as `run_speed` allows (None: one)."""
+  steps per compiled call as `run_speed` allows (None: one).
+
+  Raises:
+    UserError: a batch larger than the training split (it would wrap the split many times).
+  """
+  if config.batch_size > num_train_examples:
+    raise UserError(
+        f'config.batch_size={config.batch_size:,} is larger than the training split '
+        f'({num_train_examples:,} examples): every batch would repeat the split about '
+        f'{config.batch_size / num_train_examples:.0f} times. Use a batch of at most '
+        f'{num_train_examples:,}, e.g. --config.batch_size={min(128, num_train_examples)}.')
   per_epoch = data.steps_per_epoch(num_train_examples, config.batch_size)
   eval_every = config.eval_every_steps or per_epoch
   save_every = config.checkpoint.every_steps or eval_every
@@ -136,6 +148,6 @@ def make_plan(config: ml_collections.ConfigDict, num_train_examples: int,
   return Plan(num_steps=config.num_steps or math.ceil(config.num_epochs * per_epoch),
               steps_per_epoch=per_epoch, log_every=config.log_every_steps, eval_every=eval_every,
               save_every=save_every, save_every_minutes=config.checkpoint.every_minutes,
-              shuffle_seed=shuffle_seed(config),
+              shuffle_seed=shuffle_seed(config), stop_on_nan=config.stop_on_nan,
               steps_per_dispatch=run_speed.steps_per_call(config.data.on_device, per_epoch,
                                                           periods) if run_speed else 1)

@@ -63,6 +63,7 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   if not p and config.num_steps == 0 and config.num_epochs == 0:
     p.append('config.num_epochs and config.num_steps are both 0: set one to the training length')
   _check_number(p, 'log_every_steps', config.log_every_steps, low=1, integer=True)
+  _check_choice(p, 'stop_on_nan', config.stop_on_nan, (True, False))
   _check_number(p, 'eval_every_steps', config.eval_every_steps, low=0, integer=True)
   _check_choice(p, 'loss', config.loss, tuple(losses.LOSSES))
   _check_number(p, 'label_smoothing', config.label_smoothing, low=0, high=0.999)

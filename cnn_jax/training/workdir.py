@@ -186,7 +186,7 @@ def config_differences(old: ml_collections.ConfigDict,
 # longer say how its model was trained.
 RESUMABLE_CHANGES = (
     'num_epochs', 'num_steps', 'log_every_steps', 'eval_every_steps', 'progress_bar',
-    'checkpoint.', 'init_from', 'init_layers', 'eval_batch_size', 'speed.', 'compilation_cache',
+    'stop_on_nan', 'checkpoint.', 'init_from', 'init_layers', 'eval_batch_size', 'speed.', 'compilation_cache',
     'data.test_split', 'data.tfds_data_dir', 'data.download', 'data.path', 'data.csv',
     'data.cache', 'data.stream', 'data.on_device', 'data.workers', 'data.worker_processes',
     'data.prefetch', 'precision',
