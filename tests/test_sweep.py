@@ -239,3 +239,13 @@ def test_a_misspelled_range_is_named_with_the_valid_forms(text, expected):
     sweep_space.parse(text)
   assert expected in str(error.value) and 'loguniform(a,b)' in str(error.value)
   assert '<ast.' not in str(error.value)
+
+
+def test_a_second_sweep_on_a_workdir_in_use_is_refused_at_once(tmp_path):
+  from cnn_jax.runtime import workdir_lock  # pylint: disable=g-import-not-at-top
+  with workdir_lock.held(str(tmp_path)):  # As a running sweep (or train) holds it.
+    result = subprocess.run(_sweep_command(tmp_path, *GRID), cwd=REPO, capture_output=True,
+                            text=True, timeout=300, check=False)
+  assert result.returncode == 2, result.stderr
+  assert f'is in use by process {os.getpid()} on ' in result.stderr
+  assert 'Traceback' not in result.stderr and not os.path.exists(tmp_path / 'trials')

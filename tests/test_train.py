@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -344,3 +346,21 @@ def test_a_batch_larger_than_the_training_split_is_refused_with_its_size(tmp_pat
                      r'\(1,293 examples\).*about 77 times'):
     train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(os.path.join(str(tmp_path), 'checkpoints'))
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_and_a_killed_ones_lock_is_not(tmp_path):
+  workdir = str(tmp_path / 'run')
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time\nfrom cnn_jax.runtime import workdir_lock\n'
+       'with workdir_lock.held(sys.argv[1]):\n  print("held", flush=True)\n  time.sleep(600)',
+       workdir], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline() == 'held\n'
+    with pytest.raises(UserError, match=rf'{workdir} is in use by process {holder.pid} on '):
+      train.train_and_evaluate(_short_digits_config(), workdir)
+    assert not os.path.exists(os.path.join(workdir, 'checkpoints'))  # Refused before any work.
+  finally:
+    holder.kill()  # As kill -9 would: the kernel releases its lock.
+    holder.wait()
+  train.train_and_evaluate(_short_digits_config(), workdir)
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints'))

@@ -16,7 +16,7 @@ import optuna
 
 from cnn_jax import cli
 from cnn_jax.errors import UserError
-from cnn_jax.runtime import signals, writers
+from cnn_jax.runtime import signals, workdir_lock, writers
 from cnn_jax.runtime.writers import read_metrics
 from cnn_jax.sweeps import leaderboard, space, study as studies
 from cnn_jax.sweeps.leaderboard import SWEEP_FILE
@@ -273,8 +273,18 @@ def write_results(study, config, params, workdir: str) -> list[dict]:
 def run(config, sweep: Sweep, argv: list[str]) -> None:
   """Runs `sweep` of `config` to the end (or, as a worker, runs trials until none is left).
 
-  `argv` is the command line, which worker processes (sweep.workers > 1) are started with.
+  `argv` is the command line, which worker processes (sweep.workers > 1) are started with. The
+  sweep (not its workers, here or on other machines) holds its workdir for its lifetime.
+
+  Raises:
+    UserError: a mistake in the sweep, or its workdir in use by another sweep.
   """
+  with workdir_lock.held(sweep.workdir, enabled=not sweep.worker):
+    _run(config, sweep, argv)
+
+
+def _run(config, sweep: Sweep, argv: list[str]) -> None:
+  """`run` once the workdir is this sweep's."""
   params = swept_params(sweep.sweep, sweep.config_path)
   check_combinations(config, params, sweep.sampler)
   if sweep.population > 1:

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from cnn_jax import data, models, speed
 from cnn_jax.errors import UserError
 from cnn_jax.models import summary
-from cnn_jax.runtime import compilation_cache, distributed
+from cnn_jax.runtime import compilation_cache, distributed, workdir_lock
 from cnn_jax.training import checkpoint, loop, losses, population, resume, runners, setup, steps
 from cnn_jax.training.augment import Augmentation
 from cnn_jax.training.validation import validate_config
@@ -127,11 +127,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     'member'} (a single model is member 0).
 
   Raises:
-    UserError: a mistake in the config or data, or a workdir this config cannot resume.
+    UserError: a mistake in the config or data, a workdir another run is using, or one this
+      config cannot resume.
     signals.TrainingInterrupted: SIGTERM or Ctrl-C; a checkpoint of every member was saved first.
+    loop.TrainingDiverged: the training loss stopped being finite (config.stop_on_nan).
   """
+  speed.before_backend(config.speed)  # Before anything starts JAX's backend.
+  check_workdir(workdir)
+  # One run per workdir, for the run's lifetime (process 0 holds it for a multi-process run).
+  with workdir_lock.held(workdir, enabled=distributed.is_main_process()):
+    return _train_and_evaluate(config, workdir, on_eval, member_workdirs)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, on_eval,
+                        member_workdirs: list[str] | None) -> dict[str, float]:
+  """`train_and_evaluate` once the workdir is this run's."""
   # ---- check everything before any work ----------------------------------------------------------
-  speed.before_backend(config.speed)  # Before jax.devices(): the backend starts.
   mesh = Mesh(np.asarray(jax.devices()), ('data',))  # One data axis; one device is a mesh of one.
   validate_config(config, num_devices=mesh.size)
   compilation_cache.enable(config.compilation_cache)
