@@ -119,6 +119,8 @@ class Classifier:
       UserError: an image that could not be read (its reason).
     """
     predictions = self.predict(images, top_k=1, invert=invert)
+    if not predictions:  # As predict([]) gives [].
+      return np.zeros((0, len(self.class_names)), np.float32)
     failed = [p for p in predictions if p.error]
     if failed:
       raise UserError(f'{failed[0].file}: {failed[0].error}')

@@ -65,6 +65,8 @@ def test_predictions_agree_for_arrays_paths_pil_images_and_the_command(trained, 
   probabilities = classifier.predict_proba(pixels)
   assert probabilities.shape == (6, 10)
   np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+  assert classifier.predict([]) == []  # No images: no answers, from both.
+  assert classifier.predict_proba([]).shape == (0, 10)
 
 
 def test_a_bad_image_is_its_own_error_and_evaluate_matches_the_run(trained, test_digits):

@@ -149,3 +149,22 @@ def test_the_command_writes_directories_that_run_without_cnn_jax(tmp_path):
                           *flags], cwd=REPO, capture_output=True, text=True, timeout=300,
                          check=False)
     assert bad.returncode == 2 and message in bad.stderr
+
+
+def test_the_exported_model_takes_what_cnn_jax_s_predict_takes_and_refuses_the_rest(tmp_path):
+  """uint8 0–255 and floats in [0, 1] give the same probabilities as cnn_jax's own predict on
+  those floats; other dtypes are refused by name, never cast."""
+  trained = _trained(tmp_path, 'convnet')
+  pixels = _test_pixels()[:40]
+  floats = pixels.astype(np.float32) / 255.0  # What README's Python section calls pixels.
+  directory = str(tmp_path / 'export')
+  export.export_model(trained, directory, 'stablehlo')
+  exported = exported_model.load(directory)
+  ours = np.stack([p.probabilities for p in inference.predict_images(trained, list(floats))])
+  np.testing.assert_allclose(exported(floats), ours, atol=1e-5)
+  np.testing.assert_allclose(exported(floats), exported(pixels), atol=1e-6)
+  np.testing.assert_allclose(exported(pixels.astype(np.int64)), exported(pixels), atol=1e-6)
+  for bad, message in ((pixels > 100, 'dtype bool'), (pixels.astype(np.int32) + 300, '0–255'),
+                       (floats - 0.5, 'float pixels'), (pixels.astype(str), 'dtype <U')):
+    with pytest.raises(ValueError, match=message):
+      exported(bad)

@@ -7,10 +7,11 @@ for ONNX (`pip install onnxruntime`; JAX is then never imported):
     import sys; sys.path.insert(0, 'runs/digits/export')
     import exported_model
     model = exported_model.load('runs/digits/export')
-    probabilities = model(pixels)            # uint8 [N, H, W, C], 0–255 → float32 [N, classes]
+    probabilities = model(pixels)            # [N, H, W, C] → float32 [N, classes]
     labels = [model.class_names[k] for k in probabilities.argmax(-1)]
 
-The model takes 8-bit pixels as image files hold them, already at its input size; the input
+The model takes images already at its input size, as `cnn_jax.load(...).predict` takes arrays:
+8-bit pixels (integers 0–255), or floats in [0, 1] (floats above 1 are taken as 0–255). The input
 normalisation and the softmax are inside it, so its output is cnn_jax's predicted probabilities.
 """
 
@@ -37,6 +38,22 @@ def _onnx_runner(path: str):
   return lambda pixels: session.run([ONNX_OUTPUT], {ONNX_INPUT: pixels})[0]
 
 
+def _as_8_bit(pixels: np.ndarray) -> np.ndarray:
+  """`pixels` as uint8 by the rule cnn_jax's own predict applies to arrays (data.images): floats
+  in [0, 1] scaled to 0–255 and rounded, floats above 1 taken as 0–255; integers kept if 0–255."""
+  if np.issubdtype(pixels.dtype, np.floating):
+    if pixels.size and not (np.isfinite(pixels).all() and pixels.min() >= 0):
+      raise ValueError('float pixels must be finite and in [0, 1] (or 0–255)')
+    full_scale = 1.0 if pixels.max(initial=0.0) <= 1.0 else 255.0
+    return np.clip(np.round(pixels * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+  if pixels.dtype == np.bool_ or not np.issubdtype(pixels.dtype, np.integer):
+    raise ValueError(f'pixels of dtype {pixels.dtype}: give 8-bit integers (0–255) or floats in '
+                     '[0, 1]')
+  if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
+    raise ValueError('integer pixels must be 8-bit values, 0–255')
+  return pixels.astype(np.uint8)
+
+
 class ExportedModel:
   """The exported model of one directory: call it on a batch of 8-bit images."""
 
@@ -51,21 +68,19 @@ class ExportedModel:
     self._run = runner(os.path.join(directory, MODEL_FILES[self.format]))
 
   def __call__(self, pixels) -> np.ndarray:
-    """Class probabilities [N, len(class_names)] of uint8 images [N, H, W, C] (or one [H, W, C]).
+    """Class probabilities [N, len(class_names)] of images [N, H, W, C] (or one [H, W, C]):
+    integers 0–255, or floats in [0, 1] (taken as 0–255 if any is above 1).
 
     Raises:
-      ValueError: images of another shape than the model's input, or pixels outside 0–255.
+      ValueError: images of another shape than the model's input, integers outside 0–255,
+        negative floats, or another kind of values (booleans, text, ...).
     """
-    pixels = np.asarray(pixels)
+    pixels = _as_8_bit(np.asarray(pixels))
     if pixels.shape == self.image_shape:
       pixels = pixels[None]
     if pixels.ndim != 4 or pixels.shape[1:] != self.image_shape:
       raise ValueError(f'images of shape {pixels.shape}; this model takes [N, '
                        f'{", ".join(map(str, self.image_shape))}] (resize them first)')
-    if pixels.dtype != np.uint8:
-      if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
-        raise ValueError('pixels must be 8-bit values, 0–255')
-      pixels = pixels.astype(np.uint8)
     if self.batch is None:
       return self._run(pixels)
     outputs = []
