@@ -174,6 +174,7 @@ def test_image_folder_reads_every_odd_file_and_reports_the_bad_ones(folder, tmp_
   config.augment.update(crop_padding=2, horizontal_flip=True)  # Through the real training step.
   config.model.update(features=(8,), dense=())
   config.num_steps, config.eval_every_steps, config.progress_bar = 60, 30, False
+  config.batch_size = 32  # Of 46 training images.
   metrics = train.train_and_evaluate(config, str(tmp_path))
   assert metrics['accuracy'] >= 0.9  # Reddish vs bluish: any working pipeline separates them.
   listed = (tmp_path / 'skipped_files.txt').read_text().splitlines()
@@ -377,3 +378,19 @@ def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
     for channels in (1, 3):
       decoded = images.read_image(str(tmp_path / name), channels)
       assert abs(decoded.mean() - grey.mean()) < 0.6, (name, channels)  # Not ~255: scaled.
+
+
+def test_folder_entries_that_are_no_readable_file_are_skipped_and_listed(own_folder):
+  """A broken link, a link that loops and a directory named like an image, in a class folder:
+  each is listed among the skipped files with what it is, like a corrupt image."""
+  class_dir = own_folder / sorted(p.name for p in own_folder.iterdir() if p.is_dir())[0]
+  os.symlink(str(class_dir / 'gone.png'), class_dir / 'dangling.png')
+  os.symlink(str(class_dir / 'loop.png'), class_dir / 'loop.png')
+  (class_dir / 'folder.png').mkdir()
+  spec = _folder_spec(own_folder, validation_fraction=0.0)
+  split = data.load_split(spec, 'train')  # Decoded, then again from the cache.
+  reasons = {os.path.basename(name): reason for name, reason in split.skipped}
+  assert set(reasons) == BAD_FILES | {'dangling.png', 'loop.png', 'folder.png'}
+  assert 'broken symbolic link' in reasons['dangling.png']
+  assert 'loops' in reasons['loop.png'] and 'a directory' in reasons['folder.png']
+  assert data.load_split(spec, 'train').skipped == split.skipped

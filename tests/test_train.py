@@ -343,7 +343,7 @@ def test_a_batch_larger_than_the_training_split_is_refused_with_its_size(tmp_pat
   config = _short_digits_config()
   config.batch_size = 100_000
   with pytest.raises(UserError, match=r'batch_size=100,000 is larger than the training split '
-                     r'\(1,293 examples\).*about 77 times'):
+                     r'\(1,293 examples\).*77.3 times'):
     train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(os.path.join(str(tmp_path), 'checkpoints'))
 

@@ -51,10 +51,10 @@ def index_folder(path: str) -> FolderIndex:
   if not os.path.isdir(path):
     raise UserError(f'config.data.path={path!r} is not a directory.')
   subdirs = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))
-                   and not d.startswith('.'))
+                   and not d.startswith('.') and not d.lower().endswith(images.IMAGE_EXTENSIONS))
+  # Every entry named like an image: one that is no readable file is listed as skipped.
   flat = sorted(os.path.join(path, n) for n in os.listdir(path)
-                if n.lower().endswith(images.IMAGE_EXTENSIONS)
-                and os.path.isfile(os.path.join(path, n)))
+                if n.lower().endswith(images.IMAGE_EXTENSIONS))
   if len(subdirs) == 1 and not flat:
     inner = os.path.join(path, subdirs[0])
     if _holds_folders_only(inner):  # A wrapper such as PetImages/: look inside it.

@@ -1,5 +1,6 @@
 """Image operations shared by every source: decoding files and resizing to one shape."""
 
+import errno
 import os
 
 import numpy as np
@@ -11,9 +12,16 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.
 
 
 def image_files(directory: str) -> list[str]:
-  """Every image file under `directory` (recursively, by extension), sorted."""
-  return sorted(os.path.join(root, name) for root, _, names in os.walk(directory)
-                for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+  """Every entry under `directory` named like an image (recursively, by extension), sorted: image
+  files, and the entries that only look like them (broken links, a directory named x.png), which
+  reading then reports as unreadable rather than leaving out unseen."""
+  found = []
+  for root, dirs, names in os.walk(directory):
+    named_like_images = [d for d in dirs if d.lower().endswith(IMAGE_EXTENSIONS)]
+    dirs[:] = [d for d in dirs if d not in named_like_images]  # Listed, not walked into.
+    found += [os.path.join(root, name) for name in names + named_like_images
+              if name.lower().endswith(IMAGE_EXTENSIONS)]
+  return sorted(found)
 
 
 def expand_paths(paths: list[str]) -> list[str]:
@@ -41,10 +49,30 @@ class UnreadableImage(Exception):
 RESIZE_MODES = ('squash', 'crop')
 
 
+def _entry_problem(path: str) -> str | None:
+  """Why the folder entry `path` is no file to read, or None: missing, a broken or looping
+  symbolic link, a directory named like an image, or not readable by this user."""
+  if not os.path.exists(path):
+    if not os.path.islink(path):
+      return 'does not exist'
+    try:
+      os.stat(path)
+    except OSError as e:
+      if e.errno == errno.ELOOP:
+        return 'a symbolic link that loops'
+    return f'a broken symbolic link (to {os.readlink(path)!r}, which does not exist)'
+  if os.path.isdir(path):
+    return 'a directory, not an image file'
+  if not os.access(path, os.R_OK):
+    return 'not readable by this user (permission denied)'
+  return None
+
+
 def _decode(path: str, channels: int, draft_size: int | None = None) -> Image.Image:
   """Opens and fully decodes `path` as grey (channels=1) or RGB, whatever its own mode."""
-  if not os.path.exists(path):
-    raise UnreadableImage('does not exist')
+  problem = _entry_problem(path)
+  if problem:
+    raise UnreadableImage(problem)
   if os.path.getsize(path) == 0:
     raise UnreadableImage('empty file (0 bytes)')
   mode = 'L' if channels == 1 else 'RGB'

@@ -24,10 +24,15 @@ from cnn_jax.errors import UserError
 
 def cache_key(files: list[str], **settings) -> str:
   """Returns a hex digest of the files' identities (path, size, mtime) and the decode settings:
-  touching a file or changing a setting gives a new cache name."""
+  touching a file or changing a setting gives a new cache name. An entry that cannot be looked at
+  (a broken or looping link) counts as such: decoding lists it among the unreadable files."""
   digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
   for path in files:
-    stat = os.stat(path)
+    try:
+      stat = os.stat(path)
+    except OSError as e:
+      digest.update(f'{path}\0{e.errno}\n'.encode())
+      continue
     digest.update(f'{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n'.encode())
   return digest.hexdigest()[:20]
 

@@ -22,8 +22,10 @@ LOCK_FILE = '.cnn_jax.lock'
 
 @contextlib.contextmanager
 def held(workdir: str, enabled: bool = True) -> Iterator[None]:
-  """Holds `workdir`'s lock for the block (creating the directory); `enabled` False holds
-  nothing (the other processes of a multi-process run: process 0 holds it for them all).
+  """Holds `workdir`'s lock for the block (creating the directory; a directory it created and the
+  block left empty, as a run refused before any work leaves it, is removed again); `enabled`
+  False holds nothing (the other processes of a multi-process run: process 0 holds it for them
+  all).
 
   Raises:
     UserError: another process holds it (the message names it), or the directory cannot be
@@ -32,6 +34,7 @@ def held(workdir: str, enabled: bool = True) -> Iterator[None]:
   if not enabled:
     yield
     return
+  created = not os.path.exists(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
     fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
@@ -53,3 +56,6 @@ def held(workdir: str, enabled: bool = True) -> Iterator[None]:
     yield
   finally:
     os.close(fd)  # Releases the lock.
+    if created and os.listdir(workdir) == [LOCK_FILE]:
+      os.remove(os.path.join(workdir, LOCK_FILE))
+      os.rmdir(workdir)

@@ -138,8 +138,8 @@ def make_plan(config: ml_collections.ConfigDict, num_train_examples: int,
   if config.batch_size > num_train_examples:
     raise UserError(
         f'config.batch_size={config.batch_size:,} is larger than the training split '
-        f'({num_train_examples:,} examples): every batch would repeat the split about '
-        f'{config.batch_size / num_train_examples:.0f} times. Use a batch of at most '
+        f'({num_train_examples:,} examples): each batch would go round the split '
+        f'{config.batch_size / num_train_examples:.1f} times. Use a batch of at most '
         f'{num_train_examples:,}, e.g. --config.batch_size={min(128, num_train_examples)}.')
   per_epoch = data.steps_per_epoch(num_train_examples, config.batch_size)
   eval_every = config.eval_every_steps or per_epoch
