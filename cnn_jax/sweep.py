@@ -12,6 +12,8 @@ interrupted trial resumes from its checkpoint. At the end: a leaderboard (printe
 the best config as a runnable file, and the metric against each swept value.
 """
 
+import os
+import signal
 import sys
 
 from absl import flags
@@ -53,12 +55,24 @@ def main(argv: list[str]) -> None:
   del argv  # cli.run refuses any.
   config = cli.parsed_config()
   # Imported once the flags are parsed: --help and flag mistakes answer without loading JAX.
+  from cnn_jax.runtime import signals  # pylint: disable=g-import-not-at-top
   from cnn_jax.sweeps import runner  # pylint: disable=g-import-not-at-top
   args = flags.FLAGS
-  runner.run(config, runner.Sweep(
-      args.workdir, config_flags.get_config_filename(args['config']), tuple(args.sweep),
-      args.sampler, args.trials, args.workers, args.pruner, args.pruner_startup_trials,
-      args.storage, args.test_split, args.population, args.worker), sys.argv)
+  try:
+    runner.run(config, runner.Sweep(
+        args.workdir, config_flags.get_config_filename(args['config']), tuple(args.sweep),
+        args.sampler, args.trials, args.workers, args.pruner, args.pruner_startup_trials,
+        args.storage, args.test_split, args.population, args.worker), sys.argv)
+  except signals.TrainingInterrupted as stopped:  # This process's trial saved its checkpoint.
+    who = f'Sweep worker {os.getpid()}' if args.worker else 'Sweep'
+    trial = f'trial {stopped.trial}' if stopped.trial is not None else 'its trials'
+    print(f'{who}: {trial} stopped by {signal.Signals(stopped.signum).name} at step '
+          f'{stopped.step:,}, its checkpoint saved. Re-run the sweep command to continue it.',
+          file=sys.stderr, flush=True)
+    sys.exit(128 + stopped.signum)
+  except signals.SweepInterrupted as stopped:  # Every worker saved its trial (lines above).
+    print(stopped, file=sys.stderr, flush=True)
+    sys.exit(128 + stopped.signum)
 
 
 if __name__ == '__main__':

@@ -249,3 +249,23 @@ def test_a_second_sweep_on_a_workdir_in_use_is_refused_at_once(tmp_path):
   assert result.returncode == 2, result.stderr
   assert f'is in use by process {os.getpid()} on ' in result.stderr
   assert 'Traceback' not in result.stderr and not os.path.exists(tmp_path / 'trials')
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='finds the workers through /proc')
+def test_a_stopped_sweep_says_in_a_line_per_process_what_it_saved_and_exits_143(tmp_path):
+  sweep = subprocess.Popen(_sweep_command(tmp_path, *GRID, '--workers=2', steps=20_000), cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and len(
+      [t for t in ('0000', '0001') if (tmp_path / 'trials' / t / 'metrics.jsonl').exists()]) < 2:
+    time.sleep(0.5)  # Both workers are training.
+  sweep.send_signal(signal.SIGTERM)
+  _, stderr = sweep.communicate(timeout=120)
+  assert sweep.returncode == 143, stderr
+  assert 'Traceback' not in stderr
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  workers = [line for line in lines if line.startswith('Sweep worker ')]
+  assert len(workers) == 2 and all(re.search(r': trial [01] stopped by SIGTERM at step [\d,]+, '
+                                             r'its checkpoint saved\. Re-run', w) for w in workers)
+  assert lines[-1].startswith('Sweep stopped by SIGTERM: its 2 workers saved their trials')
+  assert not _workers_of(tmp_path)

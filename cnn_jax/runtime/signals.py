@@ -44,13 +44,24 @@ class StopRequest:
 
 
 class TrainingInterrupted(Exception):
-  """Training stopped on a signal after saving a checkpoint at `step`."""
+  """Training stopped on a signal after saving a checkpoint at `step` (of sweep trial `trial`,
+  where a sweep ran it)."""
 
   def __init__(self, signum: int, step: int):
     super().__init__(f'{signal.Signals(signum).name} at step {step:,}: checkpoint saved. '
                      'Re-run the same command to continue.')
     self.signum = signum
     self.step = step
+    self.trial: int | None = None
+
+
+class SweepInterrupted(Exception):
+  """A sweep stopped on a signal once its `workers` worker processes had saved their trials."""
+
+  def __init__(self, signum: int, workers: int):
+    super().__init__(f'Sweep stopped by {signal.Signals(signum).name}: its {workers} workers '
+                     'saved their trials\' checkpoints. Re-run the same command to continue.')
+    self.signum = signum
 
 
 def stop_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:

@@ -166,7 +166,8 @@ def run_worker(study, base_config, params, sweep_dir: str, sampler: str, num_tri
       study.tell(trial, state=optuna.trial.TrialState.FAIL)
       print(f'trial {trial.number}: failed: {_reason(e)}', flush=True)
       continue
-    except signals.TrainingInterrupted:
+    except signals.TrainingInterrupted as stopped:
+      stopped.trial = trial.number
       raise  # Left RUNNING: the next run of the sweep resumes it from its checkpoint.
     study.tell(trial, value)
     print(f'trial {trial.number}: best eval accuracy {value:.2%} '
@@ -283,6 +284,20 @@ def run(config, sweep: Sweep, argv: list[str]) -> None:
     _run(config, sweep, argv)
 
 
+def _wait_for(workers: list, stop: signals.StopRequest) -> list[int]:
+  """Waits for the worker processes to end, passing on a stop signal the sweep receives (each
+  worker then saves its trial's checkpoint and ends); returns their exit codes."""
+  forwarded = False
+  while any(worker.poll() is None for worker in workers):
+    if stop.requested and not forwarded:
+      for worker in workers:
+        if worker.poll() is None:
+          worker.send_signal(stop.signum)
+      forwarded = True
+    time.sleep(0.2)
+  return [worker.returncode for worker in workers]
+
+
 def _run(config, sweep: Sweep, argv: list[str]) -> None:
   """`run` once the workdir is this sweep's."""
   params = swept_params(sweep.sweep, sweep.config_path)
@@ -308,7 +323,11 @@ def _run(config, sweep: Sweep, argv: list[str]) -> None:
              PARENT_ENV: str(os.getpid())}
       workers = [subprocess.Popen([sys.executable, '-m', 'cnn_jax.sweep', *argv[1:],
                                    '--worker'], env=env) for _ in range(sweep.workers)]
-      if any(worker.wait() for worker in workers):
+      with signals.StopRequest() as stop:  # A stop signal goes on to the workers.
+        codes = _wait_for(workers, stop)
+      if stop.requested:
+        raise signals.SweepInterrupted(stop.signum, len(workers))
+      if any(codes):
         raise UserError('a worker failed; its messages are above. Re-run to continue the sweep.')
       write_results(study, config, params, sweep.workdir)
       return
