@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -255,3 +256,57 @@ def test_a_save_keeps_the_progress_of_its_own_step(tmp_path):
   _, restored = checkpoint.restore(manager, 0, state)
   manager.close()
   assert restored == {'train_sums': {'loss': 1.5, 'count': 3}}
+
+
+def _damage(step_dir, how):
+  """Damages a saved checkpoint as a full disk, a crash or a careless hand might."""
+  state = os.path.join(step_dir, 'state')
+  if how == 'truncated':  # Every data file of its OCDBT store cut short.
+    for root, _, names in os.walk(state):
+      for name in names:
+        if os.path.basename(root) == 'd':
+          with open(os.path.join(root, name), 'r+b') as f:
+            f.truncate(10)
+  elif how == 'manifest':
+    for root, _, names in os.walk(state):
+      if 'manifest.ocdbt' in names:
+        os.remove(os.path.join(root, 'manifest.ocdbt'))
+  elif how == 'progress':
+    open(os.path.join(step_dir, 'progress', 'metadata'), 'w', encoding='utf-8').close()
+  else:  # 'metadata'
+    os.remove(os.path.join(state, '_METADATA'))
+
+
+@pytest.fixture(scope='module')
+def short_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('short_run') / 'run'
+  config = load_config('digits')
+  config.num_steps, config.eval_every_steps, config.progress_bar = 40, 20, False
+  config.checkpoint.keep_last = 2
+  train.train_and_evaluate(config, str(workdir))
+  return workdir, config
+
+
+@pytest.mark.parametrize('how', ['truncated', 'manifest', 'progress', 'metadata'])
+def test_a_damaged_newest_checkpoint_gives_way_to_the_intact_one_before_it(short_run, tmp_path,
+                                                                            how, capsys):
+  import shutil  # pylint: disable=g-import-not-at-top
+  source, config = short_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(source, workdir)
+  _damage(str(workdir / 'checkpoints' / '40'), how)
+  # evaluate / predict / load: 'latest' falls back with a warning; step 40 asked for is refused.
+  trained = inference.load_trained(str(workdir), 'latest')
+  assert trained.step == 20
+  warned = capsys.readouterr().err
+  assert re.search(r'Warning: the checkpoint at step 40 .* is damaged \(.+\); using the '
+                   r'checkpoint at step 20 instead', warned), warned
+  with pytest.raises(UserError, match=r'checkpoint at step 40 .* is damaged .*saved steps: 20'):
+    inference.load_trained(str(workdir), '40')
+  # train: resumes from step 20, says which step it skipped and why, and trains on past it.
+  config.num_steps = 60
+  train.train_and_evaluate(config, str(workdir))
+  out = capsys.readouterr().out
+  assert re.search(r'The checkpoint at step 40 .* is damaged \(.+\); resuming from an earlier '
+                   r'one\.\nResuming from the checkpoint at step 20', out), out
+  assert sorted(int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit())[-1] == 60

@@ -8,6 +8,7 @@ evaluate, predict, report and sweep need nothing but `--workdir`: the config, th
 
 import dataclasses
 import os
+import sys
 from typing import Any, Iterable
 
 import jax
@@ -42,9 +43,11 @@ class TrainedModel:
 
 def load_trained(workdir: str, which: str = 'latest') -> TrainedModel:
   """Restores checkpoint `which` ('latest', 'best' or a step number) of the run in `workdir`.
+  A damaged 'latest' or 'best' checkpoint gives way, with a warning, to the newest intact one.
 
   Raises:
-    UserError: not a workdir, no such checkpoint, or a checkpoint that does not fit the config.
+    UserError: not a workdir, no such checkpoint, a checkpoint that does not fit the config, or
+      a damaged one asked for by its step (or no intact one at all).
   """
   config = load_run_config(workdir)
   info, normalizer = load_dataset_record(workdir)
@@ -58,12 +61,24 @@ def load_trained(workdir: str, which: str = 'latest') -> TrainedModel:
       model, tx, jax.random.key(0), info.image_shape))
   with checkpoint.open_manager(workdir, read_only=True) as manager:
     step = checkpoint.resolve_step(manager, which)
+    saved = sorted(manager.all_steps(), reverse=True)
+    fallbacks = [s for s in saved if s != step] if which in ('latest', 'best') else []
+    skipped = []
     try:
-      state, _ = checkpoint.restore(manager, step, template)
+      step, state, _ = checkpoint.restore_intact(manager, [step, *fallbacks], template,
+                                                 skipped.append)
+    except checkpoint.DamagedCheckpoint as damaged:
+      others = ', '.join(str(s) for s in saved if s != damaged.step) or 'none'
+      raise UserError(f'{damaged}. Choose another with --checkpoint (saved steps: {others}).'
+                      if not fallbacks else f'{damaged}, and so is every other checkpoint of '
+                      f'{workdir!r}: train it again.') from None
     except checkpoint.IncompatibleCheckpoint as e:
       raise UserError(f'The checkpoint at step {step} of {workdir!r} does not match its own '
                       f'config.json ({e}); was config.json edited, or written by another version '
                       'of cnn_jax? See versions.json in the workdir.') from None
+  for damaged in skipped:
+    print(f'Warning: {damaged}; using the checkpoint at step {step:,} instead, the newest '
+          'intact one.', file=sys.stderr, flush=True)
   return TrainedModel(workdir, step, config, info, normalizer, model,
                       {'params': state.params, 'batch_stats': state.batch_stats})
 

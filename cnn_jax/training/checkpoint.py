@@ -9,8 +9,10 @@ temporary directory and renames it when complete, so a save cut short by a kill 
 for a checkpoint; its leftovers are removed the next time the workdir is opened.
 """
 
+import functools
 import json
 import os
+import sys
 from typing import Any
 
 import jax
@@ -119,9 +121,17 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any) -> tuple[A
   on several devices restores on one.
 
   Raises:
-    UserError: the checkpoint's state does not have the template's structure or shapes.
+    IncompatibleCheckpoint: the checkpoint's state does not have the template's structure or
+      shapes.
+    DamagedCheckpoint: the checkpoint cannot be read whole (a file missing, truncated or empty).
   """
-  mismatches = _mismatches(manager.item_metadata(step)['state'], template)
+  try:
+    saved = manager.item_metadata(step)['state']
+  except Exception as e:  # pylint: disable=broad-except  # orbax and TensorStore raise many kinds.
+    raise DamagedCheckpoint(manager.directory, step, _first_line(e)) from None
+  if not _shapes_by_path(saved or {}):  # state/_METADATA missing: no tree to compare.
+    raise DamagedCheckpoint(manager.directory, step, 'its state has no readable metadata')
+  mismatches = _mismatches(saved, template)
   if mismatches:  # Checked first: a failed orbax restore leaves async callbacks that print noise.
     raise IncompatibleCheckpoint('; '.join(mismatches[:4])
                                  + (f' and {len(mismatches) - 4} more' if len(mismatches) > 4 else ''))
@@ -129,9 +139,52 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any) -> tuple[A
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                      sharding=getattr(x, 'sharding', None) or here), template)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+  _drop_closed_loop_callbacks()  # Installed before: they may come while the restore fails.
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
+  except Exception as e:  # pylint: disable=broad-except  # As above.
+    raise DamagedCheckpoint(manager.directory, step, _first_line(e)) from None
+  if not isinstance(restored.progress, dict):
+    raise DamagedCheckpoint(manager.directory, step, 'its progress record is empty')
   return restored.state, dict(restored.progress)
+
+
+@functools.cache
+def _drop_closed_loop_callbacks() -> None:
+  """After a failed restore, TensorStore finishes the reads orbax abandoned and calls back into
+  orbax's asyncio loop, closed by then: Python reports each call's 'Event loop is closed' (a
+  traceback on stderr) about nothing a user can act on. Those alone are dropped."""
+  closed = lambda error: isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+  previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+  sys.unraisablehook = lambda u: None if closed(u.exc_value) else previous_unraisable(u)
+  sys.excepthook = lambda kind, error, tb: (None if closed(error) else
+                                            previous_except(kind, error, tb))
+
+
+def _first_line(error: Exception) -> str:
+  """What went wrong, in a line: the error's first line, without TensorStore's long spec."""
+  text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  return f'{type(error).__name__}: {text.split(" [tensorstore_spec")[0][:200]}'
+
+
+def restore_intact(manager: ocp.CheckpointManager, steps: list[int], template: Any,
+                   on_damaged) -> tuple[int, Any, dict]:
+  """Restores the first of `steps` whose checkpoint is intact; returns (step, state, progress).
+  `on_damaged(DamagedCheckpoint)` is told of each one skipped.
+
+  Raises:
+    DamagedCheckpoint: every one of `steps` is damaged (the last one's).
+    IncompatibleCheckpoint: as `restore`.
+  """
+  for i, step in enumerate(steps):
+    try:
+      return (step, *restore(manager, step, template))
+    except DamagedCheckpoint as damaged:
+      if i == len(steps) - 1:
+        raise
+      on_damaged(damaged)
+  raise ValueError('no steps to restore')
 
 
 def _local_sharding() -> jax.sharding.Sharding:
@@ -252,3 +305,11 @@ def warm_start(state: Any, path: str, layers: str = 'all') -> Any:
 
 class IncompatibleCheckpoint(UserError):
   """The checkpoint holds a state of another shape: another model, optimizer or dataset."""
+
+
+class DamagedCheckpoint(UserError):
+  """A checkpoint that cannot be read whole: a file missing, truncated or emptied."""
+
+  def __init__(self, directory, step: int, reason: str):
+    super().__init__(f'the checkpoint at step {step:,} in {directory} is damaged ({reason})')
+    self.directory, self.step, self.reason = str(directory), step, reason
