@@ -310,3 +310,39 @@ def test_a_damaged_newest_checkpoint_gives_way_to_the_intact_one_before_it(short
   assert re.search(r'The checkpoint at step 40 .* is damaged \(.+\); resuming from an earlier '
                    r'one\.\nResuming from the checkpoint at step 20', out), out
   assert sorted(int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit())[-1] == 60
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1,200 KiB tmpfs: room for one digits checkpoint, not two. Skipped where this user may
+  not mount one."""
+  mount_point = tmp_path / 'small'
+  mount_point.mkdir()
+  made = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1200k', 'tmpfs', str(mount_point)],
+                        capture_output=True, text=True, check=False)
+  if made.returncode:
+    pytest.skip(f'cannot mount a small tmpfs here: {made.stderr.strip()}')
+  try:
+    yield mount_point
+  finally:
+    subprocess.run(['umount', str(mount_point)], check=False)
+
+
+def test_a_full_disk_is_one_clear_error_the_saved_checkpoints_stay_and_a_rerun_resumes(
+    small_disk):
+  workdir = small_disk / 'run'
+  command = [sys.executable, '-m', 'cnn_jax.main', '--config', 'configs/digits.py', '--workdir',
+             str(workdir), '--config.progress_bar=False']
+  full = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert full.returncode == 2, full.stderr
+  assert 'Traceback' not in full.stderr and 'RESOURCE_EXHAUSTED' not in full.stderr
+  assert re.search(r'No space left on the device to save the checkpoint at step 440 in '
+                   rf'{re.escape(str(workdir))}/checkpoints \([\d.]+ MiB free\)\. The unfinished '
+                   r'checkpoint was removed; the ones saved before it are intact', full.stderr)
+  assert os.listdir(workdir / 'checkpoints') == ['220']  # No *.orbax-checkpoint-tmp left.
+  subprocess.run(['mount', '-o', 'remount,size=20m', str(small_disk)], check=True)
+  again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                         check=True)
+  assert 'Resuming from the checkpoint at step 220.' in again.stdout
+  assert re.search(r'Final test accuracy: [\d.]+% .* after 900 steps', again.stdout)

@@ -9,9 +9,13 @@ temporary directory and renames it when complete, so a save cut short by a kill 
 for a checkpoint; its leftovers are removed the next time the workdir is opened.
 """
 
+import contextlib
+import errno
 import functools
 import json
+import logging as logging_std
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -44,6 +48,7 @@ def open_manager(workdir: str, keep_last: int = 2, keep_best: int = 1,
     best_metric: 'accuracy' (higher is better) or 'loss' (lower is better).
     read_only: open for restoring only (evaluate, predict): nothing is written or deleted.
   """
+  _quiet_orbax_errors()
   mode = BEST_METRICS[best_metric]
   policies = [checkpoint_managers.LatestN(keep_last)]
   if keep_best > 0:
@@ -66,6 +71,20 @@ def open_manager(workdir: str, keep_last: int = 2, keep_best: int = 1,
     logging.set_verbosity(previous)
 
 
+class _NotFromOrbax(logging_std.Filter):
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return '/orbax/' not in record.pathname.replace(os.sep, '/')
+
+
+@functools.cache
+def _quiet_orbax_errors() -> None:
+  """Drops orbax's own log records: a save that fails in its background threads logs the same
+  traceback five times, then raises it where the loop waits for the save (`wait`, `save`), which
+  reports it in a line (`DiskFull`) or with its traceback."""
+  logging.get_absl_logger().addFilter(_NotFromOrbax())
+  _drop_closed_loop_callbacks()
+
+
 def _item_handlers() -> dict:
   # Named handlers (not just item names) let the manager read a checkpoint's metadata unrestored.
   return {'state': ocp.StandardCheckpointHandler(), 'progress': ocp.JsonCheckpointHandler()}
@@ -85,9 +104,47 @@ def save(manager: ocp.CheckpointManager, state: Any, progress: dict,
   # The write happens later, on another thread: snapshot `progress` now, or the caller's next
   # changes to it (the loop keeps adding to its running sums) would leak into this checkpoint.
   progress = json.loads(json.dumps(progress))
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             progress=ocp.args.JsonSave(progress)),
-               metrics=eval_metrics, force=True)
+  with _saving(manager):  # A previous save that failed is reported here, by the next.
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               progress=ocp.args.JsonSave(progress)),
+                 metrics=eval_metrics, force=True)
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for the asynchronous save in flight to be written.
+
+  Raises:
+    DiskFull: the disk filled up while it was written (its unfinished files are removed).
+  """
+  with _saving(manager):
+    manager.wait_until_finished()
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+  """Finishes the save in flight, as `wait`, and closes `manager`."""
+  with _saving(manager):
+    manager.close()
+
+
+_UNFINISHED = '.orbax-checkpoint-tmp'  # The suffix of a step orbax is still writing.
+
+
+@contextlib.contextmanager
+def _saving(manager: ocp.CheckpointManager):
+  """Turns a save that failed for want of space into `DiskFull`, after removing its unfinished
+  step directory (orbax only renames a step into place once complete, so the earlier ones are
+  untouched); any other failure is left as it is."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  # Checked below; re-raised otherwise.
+    if 'No space left on device' not in str(e) and getattr(e, 'errno', None) != errno.ENOSPC:
+      raise
+    directory = str(manager.directory)
+    unfinished = sorted(n for n in os.listdir(directory) if n.endswith(_UNFINISHED))
+    for name in unfinished:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    steps = [n[:-len(_UNFINISHED)] for n in unfinished]
+    raise DiskFull(directory, steps, shutil.disk_usage(directory).free) from None
 
 
 def resolve_step(manager: ocp.CheckpointManager, which: str | int) -> int:
@@ -139,7 +196,6 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any) -> tuple[A
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                      sharding=getattr(x, 'sharding', None) or here), template)
-  _drop_closed_loop_callbacks()  # Installed before: they may come while the restore fails.
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()))
@@ -152,9 +208,9 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any) -> tuple[A
 
 @functools.cache
 def _drop_closed_loop_callbacks() -> None:
-  """After a failed restore, TensorStore finishes the reads orbax abandoned and calls back into
-  orbax's asyncio loop, closed by then: Python reports each call's 'Event loop is closed' (a
-  traceback on stderr) about nothing a user can act on. Those alone are dropped."""
+  """After a failed restore or save, TensorStore finishes the reads or writes orbax abandoned and
+  calls back into orbax's asyncio loop, closed by then: Python reports each call's 'Event loop is
+  closed' (a traceback on stderr) about nothing a user can act on. Those alone are dropped."""
   closed = lambda error: isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
   previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
   sys.unraisablehook = lambda u: None if closed(u.exc_value) else previous_unraisable(u)
@@ -305,6 +361,18 @@ def warm_start(state: Any, path: str, layers: str = 'all') -> Any:
 
 class IncompatibleCheckpoint(UserError):
   """The checkpoint holds a state of another shape: another model, optimizer or dataset."""
+
+
+class DiskFull(UserError):
+  """A checkpoint could not be written: no space left on the workdir's device."""
+
+  def __init__(self, directory: str, steps: list[str], free: int):
+    which = f'the checkpoint at step {", ".join(steps)}' if steps else 'a checkpoint'
+    super().__init__(
+        f'No space left on the device to save {which} in {directory} ({free / 2**20:,.1f} MiB '
+        'free). The unfinished checkpoint was removed; the ones saved before it are intact. Free '
+        'some space (or keep fewer: config.checkpoint.keep_last, keep_best) and re-run the same '
+        'command to resume.')
 
 
 class DamagedCheckpoint(UserError):

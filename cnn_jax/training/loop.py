@@ -155,7 +155,7 @@ class _Divergence:
     return f' (last finite: {loss:.4g} at step {step:,})'
 
   def _message(self, i: int, done: int) -> str:
-    self.managers[i].wait_until_finished()
+    checkpoint.wait(self.managers[i])
     saved = self.managers[i].latest_step()
     kept = (f'Its checkpoints up to step {saved:,} are kept in {self.workdirs[i]}.' if saved
             is not None else 'No checkpoint was saved before it.')
@@ -280,7 +280,7 @@ def fit(trainee: Trainee, state, runner, evaluate_all: Callable[[Any], list[dict
         break
   bar.close()
   for manager in managers:
-    manager.wait_until_finished()  # The last save is asynchronous: complete it first.
+    checkpoint.wait(manager)  # The last save is asynchronous: complete it first.
   if stopping:
     for writer in writers:
       writer.close()

@@ -216,6 +216,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, on_eval
     if runner is not None:
       runner.close()
     for manager in managers:
-      manager.close()
+      checkpoint.close(manager)
   return _result(finals, tests, trainee, config, plan, workdir, time.time() - started,
                  trained_now=plan.num_steps - start_step, compiling=compiling.summary())
