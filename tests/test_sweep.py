@@ -269,3 +269,12 @@ def test_a_stopped_sweep_says_in_a_line_per_process_what_it_saved_and_exits_143(
                                              r'its checkpoint saved\. Re-run', w) for w in workers)
   assert lines[-1].startswith('Sweep stopped by SIGTERM: its 2 workers saved their trials')
   assert not _workers_of(tmp_path)
+
+
+def test_a_diverging_trial_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
+  out = _sweep(tmp_path, '--sweep', 'optimizer.learning_rate=[0.01,10.0]',
+               '--config.optimizer.name=sgd', '--config.log_every_steps=11')
+  rows = {float(r['optimizer.learning_rate']): r for r in _table(tmp_path)}
+  assert rows[0.01]['status'] == 'complete'
+  assert rows[10.0]['status'].startswith('fail: Training diverged by step 11')
+  assert 'Best: trial 0' in out
