@@ -3,7 +3,7 @@
     import cnn_jax
 
     cnn_jax.train('digits', 'runs/digits')                      # as cnn-jax train
-    classifier = cnn_jax.load('runs/digits')                     # its latest checkpoint
+    classifier = cnn_jax.load('runs/digits')                     # the checkpoint it chose
     for p in classifier.predict(['seven.png', pixels, pil_image]):
       print(p.file, p.label, p.probability)
     classifier.predict_proba(pixels)                             # [N, num_classes]
@@ -93,6 +93,11 @@ class Classifier:
     """The training step of the restored checkpoint."""
     return self._trained.step
 
+  @property
+  def checkpoint(self) -> str:
+    """Which checkpoint it is, in words: 'step 440, the one the run chose on validation'."""
+    return self._trained.checkpoint
+
   def _items(self, images) -> list:
     if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple, np.ndarray)):
       return [images]  # One path or one PIL image.
@@ -143,8 +148,10 @@ class Classifier:
     return export.export_model(self._trained, os.fspath(directory), model_format, batch)
 
 
-def load(workdir: str | os.PathLike, checkpoint: str | int = 'latest') -> Classifier:
-  """Restores checkpoint `checkpoint` ('latest', 'best' or a step) of the run in `workdir`.
+def load(workdir: str | os.PathLike, checkpoint: str | int = 'best') -> Classifier:
+  """Restores checkpoint `checkpoint` of the run in `workdir`: 'best', the one the run chose on
+  validation and its final line scored (the latest where it ranked none); 'latest'; or a step.
+  `Classifier.checkpoint` says which it is.
 
   Raises:
     UserError: not a workdir, or no such checkpoint.

@@ -97,6 +97,10 @@ def _with_named_configs(argv: list[str]) -> list[str]:
   return out
 
 
+# What --checkpoint takes (evaluate, predict, report, export), the default first.
+CHECKPOINT_HELP = ("Which checkpoint: 'best' (default), the one the run chose on validation and "
+                   "its final line scored (the latest where it ranked none); 'latest'; or a step.")
+
 HELP_FLAGS = frozenset({'--help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml'})
 
 

@@ -17,7 +17,7 @@ from cnn_jax import cli
 def define_flags() -> None:
   """Defines this command's flags (only when it runs, so the module imports anywhere)."""
   flags.DEFINE_string('workdir', None, 'The workdir of a training run.')
-  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")
+  flags.DEFINE_string('checkpoint', 'best', cli.CHECKPOINT_HELP)
   flags.DEFINE_string('split', None, "Split to evaluate; default: the run's eval_split.")
   flags.DEFINE_integer('batch_size', None, "Default: the run's eval_batch_size.", lower_bound=1)
   flags.mark_flag_as_required('workdir')
@@ -27,8 +27,8 @@ def format_report(report: dict) -> str:
   """Renders an evaluation report as text: totals, a per-class table, the confusion matrix."""
   names = report['class_names']
   width = max(5, *(len(n) for n in names))
-  lines = [f"{report['workdir']} at step {report['checkpoint_step']:,} on split "
-           f"{report['split']!r}: {report['count']:,} images",
+  lines = [f"{report['workdir']} at {report['checkpoint']}; split {report['split']!r}: "
+           f"{report['count']:,} images",
            f"accuracy {report['accuracy']:.2%}   loss {report['loss']:.4f}", '',
            f"{'class':<{width}}  accuracy (recall)  precision       F1  correct/count"]
   share = lambda value: f'{value:.2%}' if value is not None else 'n/a'

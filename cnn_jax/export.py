@@ -16,7 +16,7 @@ from cnn_jax import cli
 def define_flags() -> None:
   """Defines this command's flags (only when it runs, so the module imports anywhere)."""
   flags.DEFINE_string('workdir', None, 'The workdir of a training run.')
-  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")
+  flags.DEFINE_string('checkpoint', 'best', cli.CHECKPOINT_HELP)
   flags.DEFINE_string('out', None, 'Directory to write to; default: WORKDIR/export.')
   flags.DEFINE_enum('format', 'stablehlo', ['stablehlo', 'onnx'],
                     "What to write: a StableHLO program for JAX, or an ONNX model (needs "
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
   directory = args.out or os.path.join(args.workdir, 'export')
   paths = export.export_model(trained, directory, args.format, batch,
                               tuple(args.platforms) if args.platforms else None)
-  print(f'Exported step {trained.step:,} of {args.workdir} as {args.format} '
+  print(f'Exported {trained.checkpoint} of {args.workdir} as {args.format} '
         f'({len(trained.info.class_names)} '
         f'classes, {"×".join(map(str, trained.info.image_shape))} images, batch '
         f'{batch or "any"}) to {directory}: ' + ', '.join(os.path.basename(p) for p in paths))

@@ -23,7 +23,7 @@ def define_flags() -> None:
   """Defines this command's flags (only when it runs, so the module imports anywhere)."""
   flags.DEFINE_string('workdir', None, 'The workdir of a training run, or a directory written '
                       'by cnn_jax.export.')
-  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")
+  flags.DEFINE_string('checkpoint', 'best', cli.CHECKPOINT_HELP)
   flags.DEFINE_integer('top_k', 3, 'How many classes to list per image.', lower_bound=1)
   flags.DEFINE_integer('batch_size', 64, 'Images per forward pass.', lower_bound=1)
   flags.DEFINE_bool('json', False, 'Print one JSON object per image instead of text.')
@@ -101,6 +101,8 @@ def main(argv: list[str]) -> None:
     raise UserError('no image files given; usage: cnn-jax predict --workdir W IMAGE_OR_DIR '
                     '[...]')
   model = inference.load_predictor(args.workdir, args.checkpoint)
+  if isinstance(model, inference.TrainedModel):  # On stderr: stdout may be JSON lines.
+    print(f'Predicting with the checkpoint at {model.checkpoint}.', file=sys.stderr, flush=True)
   predictions = inference.predict_files(model, files, args.top_k, args.batch_size,
                                         progress=bool(args.csv), invert=args.invert)
   _warn_reversed(predictions, inference.background_of(model), args.invert)

@@ -15,7 +15,7 @@ from cnn_jax import cli
 def define_flags() -> None:
   """Defines this command's flags (only when it runs, so the module imports anywhere)."""
   flags.DEFINE_string('workdir', None, 'The workdir of a training run.')
-  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")
+  flags.DEFINE_string('checkpoint', 'best', cli.CHECKPOINT_HELP)
   flags.DEFINE_string('image', None, 'Image for the feature maps; default: the first image of '
                       'the split.')
   flags.DEFINE_string('split', None, "Split for the confusion matrix and mistakes; default: the "

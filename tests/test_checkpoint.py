@@ -239,7 +239,7 @@ def test_a_checkpoint_written_on_two_devices_restores_on_one(tmp_path):
   assert result.returncode == 0, result.stderr
   assert 'on 2 CPU device(s)' in result.stdout  # The batch really was split across two devices.
   assert jax.device_count() == 1
-  report = inference.evaluate_workdir(str(tmp_path))
+  report = inference.evaluate_workdir(str(tmp_path), 'latest')
   final = [r for r in read_metrics(str(tmp_path)) if r['split'] == 'eval'][-1]
   assert report['accuracy'] == pytest.approx(final['accuracy'], abs=1e-9)
 

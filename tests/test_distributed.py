@@ -79,7 +79,8 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(tmp_p
   assert 'on 2 CPU device(s) in 2 processes' in outputs[0][0]
   assert 'Final test accuracy' not in outputs[1][0]  # Only process 0 speaks.
   _assert_close(tmp_path, one_device)
-  report = inference.evaluate_workdir(str(tmp_path))  # This test process: one process, one device.
+  # This test process: one process, one device.
+  report = inference.evaluate_workdir(str(tmp_path), 'latest')
   final = [r for r in read_metrics(str(tmp_path)) if r['split'] == 'eval'][-1]
   assert report['accuracy'] == pytest.approx(final['accuracy'], abs=1e-9)
 
@@ -133,7 +134,7 @@ def test_two_processes_stream_their_own_shards_and_evaluate_every_example_once(t
   assert [r['count'] for r in evals] == [144] * 3  # The validation split, every example once.
   assert [r['count'] for r in records if r['split'] == 'test'] == [360]
   assert evals[-1]['accuracy'] > 0.8  # Chance is 10%.
-  report = inference.evaluate_workdir(str(tmp_path))
+  report = inference.evaluate_workdir(str(tmp_path), 'latest')
   assert report['accuracy'] == pytest.approx(evals[-1]['accuracy'], abs=1e-9)
 
 

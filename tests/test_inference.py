@@ -45,7 +45,7 @@ def image_dir(tmp_path_factory):
 
 
 def test_evaluate_reproduces_the_runs_final_metrics(workdir):
-  report = inference.evaluate_workdir(workdir)
+  report = inference.evaluate_workdir(workdir, 'latest')  # The last evaluation's checkpoint.
   final = [r for r in read_metrics(workdir) if r['split'] == 'eval'][-1]
   assert report['checkpoint_step'] == 330 and report['count'] == 144  # The validation split.
   assert report['accuracy'] == pytest.approx(final['accuracy'], abs=1e-9)

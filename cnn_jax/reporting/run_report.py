@@ -180,7 +180,7 @@ Each trial's own report: <code>cnn-jax report --workdir TRIAL_WORKDIR</code>.</p
   return index
 
 
-def build_report(workdir: str, which: str = 'latest', image_path: str | None = None,
+def build_report(workdir: str, which: str = 'best', image_path: str | None = None,
                  split: str | None = None) -> str:
   """Writes workdir/report/ (figures + index.html); returns the path of index.html.
 
@@ -235,13 +235,17 @@ def _percent(value: float | None) -> str:
   return '' if value is None else f'{value:.2%}'
 
 
-def _tested(trained, test: dict | None) -> str:
-  """The run's test result as a paragraph: the split evaluated once, at the end of training."""
+def _tested(trained, metrics: dict, test: dict | None) -> str:
+  """The run's test result as a paragraph: the split evaluated once, at the end of training (or
+  that the headline is that figure: the same checkpoint on the same split)."""
+  data = trained.config.data
   if test is None:
     return ''
-  data = trained.config.data
-  return (f'<p>Test split {html.escape(str(data.get("test_split", "")))!s}, evaluated once at the '
-          f'end on the checkpoint chosen on {html.escape(data.eval_split)} (step '
+  if int(test['checkpoint_step']) == trained.step and metrics['split'] == data.test_split:
+    return ('<p>The run\'s final figure: the test split evaluated once at the end on the '
+            f'checkpoint chosen on {html.escape(data.eval_split)}.</p>')
+  return (f'<p>Test split {html.escape(data.test_split)}, evaluated once at the end on the '
+          f'checkpoint chosen on {html.escape(data.eval_split)} (step '
           f'{int(test["checkpoint_step"]):,}): accuracy <b>{test["accuracy"]:.2%}</b>, loss '
           f'{test["loss"]:.4f}, {int(test["count"]):,} images.</p>')
 
@@ -260,9 +264,9 @@ def _html(trained, metrics: dict, summary_text: str, sections, test: dict | None
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} img{{max-width:100%}}
 pre{{background:#f5f5f5;padding:1em;overflow-x:auto}} td{{padding:0 1em}}</style></head><body>
 <h1>{esc(os.path.basename(os.path.abspath(trained.workdir)))}</h1>
-<p>Checkpoint step {trained.step:,}. On split {esc(metrics["split"])!s}: accuracy
+<p>Checkpoint {esc(trained.checkpoint)}. On split {esc(metrics["split"])!s}: accuracy
 <b>{metrics["accuracy"]:.2%}</b>, loss {metrics["loss"]:.4f}, {metrics["count"]:,} images.</p>
-{_tested(trained, test)}
+{_tested(trained, metrics, test)}
 <table><tr><th>class</th><th>correct</th><th>accuracy (recall)</th><th>precision</th>
 <th>F1</th></tr>{per_class}</table>
 {figures_html}

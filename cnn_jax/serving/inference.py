@@ -39,10 +39,12 @@ class TrainedModel:
   normalizer: data.Normalizer
   model: Any
   variables: dict  # {'params': ..., 'batch_stats': ...}
+  checkpoint: str = ''  # Which checkpoint, in words (`checkpoint.describe_step`).
 
 
-def load_trained(workdir: str, which: str = 'latest') -> TrainedModel:
-  """Restores checkpoint `which` ('latest', 'best' or a step number) of the run in `workdir`.
+def load_trained(workdir: str, which: str = 'best') -> TrainedModel:
+  """Restores checkpoint `which` ('best', the one the run chose on validation; 'latest'; or a
+  step number) of the run in `workdir`.
   A damaged 'latest' or 'best' checkpoint gives way, with a warning, to the newest intact one.
 
   Raises:
@@ -76,11 +78,12 @@ def load_trained(workdir: str, which: str = 'latest') -> TrainedModel:
       raise UserError(f'The checkpoint at step {step} of {workdir!r} does not match its own '
                       f'config.json ({e}); was config.json edited, or written by another version '
                       'of cnn_jax? See versions.json in the workdir.') from None
+    described = checkpoint.describe_step(manager, step)
   for damaged in skipped:
     print(f'Warning: {damaged}; using the checkpoint at step {step:,} instead, the newest '
           'intact one.', file=sys.stderr, flush=True)
   return TrainedModel(workdir, step, config, info, normalizer, model,
-                      {'params': state.params, 'batch_stats': state.batch_stats})
+                      {'params': state.params, 'batch_stats': state.batch_stats}, described)
 
 
 def make_logits_fn(model):
@@ -150,13 +153,14 @@ def evaluation_report(trained: TrainedModel, split: str, labels: np.ndarray,
   matrix = confusion_matrix(labels, predictions, trained.info.num_classes)
   per_class = {name: _class_scores(matrix, k) for k, name in enumerate(trained.info.class_names)}
   return {'workdir': os.path.abspath(trained.workdir), 'checkpoint_step': trained.step,
+          'checkpoint': trained.checkpoint,
           'split': split, 'count': int(len(labels)),
           'accuracy': float(np.mean(predictions == labels)), 'loss': float(np.mean(example_losses)),
           'class_names': list(trained.info.class_names), 'per_class': per_class,
           'confusion_matrix': matrix.tolist()}
 
 
-def evaluate_workdir(workdir: str, which: str = 'latest', split: str | None = None,
+def evaluate_workdir(workdir: str, which: str = 'best', split: str | None = None,
                      batch_size: int | None = None) -> dict:
   """Evaluates checkpoint `which` of `workdir` on `split` (default: the run's eval split);
   returns `evaluation_report`'s dict."""
@@ -174,7 +178,7 @@ def evaluate_trained(trained: TrainedModel, split: str | None = None,
 
 # ---- image files ------------------------------------------------------------------------------
 
-def load_predictor(path: str, which: str = 'latest') -> 'TrainedModel | ExportedModel':
+def load_predictor(path: str, which: str = 'best') -> 'TrainedModel | ExportedModel':
   """What predicts from `path`: the exported model of an export directory (`cnn-jax export`),
   else checkpoint `which` of the run in the workdir `path`."""
   if os.path.exists(os.path.join(path, exported_model.RECORD_FILE)):

@@ -147,6 +147,16 @@ def _saving(manager: ocp.CheckpointManager):
     raise DiskFull(directory, steps, shutil.disk_usage(directory).free) from None
 
 
+def describe_step(manager: ocp.CheckpointManager, step: int) -> str:
+  """Which checkpoint `step` is, in words: 'step 440, the one the run chose on validation'."""
+  chosen = manager.best_step()
+  if step == chosen:
+    return f'step {step:,}, the one the run chose on validation'
+  if chosen is None and step == manager.latest_step():
+    return f'step {step:,}, the latest (the run ranked none on validation)'
+  return f'step {step:,}' + (f' (the run chose step {chosen:,} on validation)' if chosen else '')
+
+
 def resolve_step(manager: ocp.CheckpointManager, which: str | int) -> int:
   """Returns the step of checkpoint `which`: 'latest', 'best' or a step number.
 
