@@ -154,24 +154,50 @@ _PROBE = ('<script>window.addEventListener("load", () => {const images = [...doc
           '.length + "/" + images.length;});</script></body>')
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason='no chromium: apt-get install chromium (.ci/run does)')
-def test_a_browser_renders_every_figure_of_the_report(digits_run, tmp_path):
-  directory = shutil.copytree(os.path.dirname(run_report.build_report(digits_run)),
-                              tmp_path / 'report')
-  index = os.path.join(directory, 'index.html')
+def _render_in_chromium(index: str, figures: int, tmp_path, height: int = 6000) -> np.ndarray:
+  """Opens the page `index` in headless Chromium: checks it decoded all `figures` images, and
+  returns a screenshot of it as grey pixels."""
   with open(index, encoding='utf-8') as f:
     page = f.read()
-  probe = os.path.join(directory, 'rendered.html')
+  probe = os.path.join(os.path.dirname(index), 'rendered.html')
   with open(probe, 'w', encoding='utf-8') as f:
     f.write(page.replace('</body>', _PROBE))
   browser = [CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--hide-scrollbars']
   dom = subprocess.run(browser + ['--virtual-time-budget=5000', '--dump-dom', f'file://{probe}'],
                        capture_output=True, text=True, timeout=120, check=False)
-  assert f'data-rendered="{len(FIGURES)}/{len(FIGURES)}"' in dom.stdout, dom.stderr[-2000:]
+  assert f'data-rendered="{figures}/{figures}"' in dom.stdout, dom.stderr[-2000:]
   shot = str(tmp_path / 'page.png')
-  subprocess.run(browser + ['--window-size=1100,6000', f'--screenshot={shot}', f'file://{index}'],
-                 capture_output=True, timeout=120, check=True)
+  subprocess.run(browser + [f'--window-size=1100,{height}', f'--screenshot={shot}',
+                            f'file://{index}'], capture_output=True, timeout=120, check=True)
   with Image.open(shot) as image:
-    pixels = np.asarray(image.convert('L'), np.float32)
+    return np.asarray(image.convert('L'), np.float32)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason='no chromium: apt-get install chromium (.ci/run does)')
+def test_a_browser_renders_every_figure_of_the_report(digits_run, tmp_path):
+  directory = shutil.copytree(os.path.dirname(run_report.build_report(digits_run)),
+                              tmp_path / 'report')
+  pixels = _render_in_chromium(os.path.join(directory, 'index.html'), len(FIGURES), tmp_path)
   drawn_rows = (pixels < 200).any(axis=1)  # Rows where something darker than paper was drawn.
   assert drawn_rows.mean() > 0.5, 'most of the page is blank'
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason='no chromium: apt-get install chromium (.ci/run does)')
+def test_a_browser_renders_the_sweep_page_with_every_trial_in_its_figures(tmp_path):
+  from cnn_jax.sweeps import leaderboard  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'sweep'
+  sweep = subprocess.run(
+      [sys.executable, '-m', 'cnn_jax.sweep', '--config', 'configs/digits.py', '--workdir',
+       str(workdir), '--config.num_steps=22', '--config.eval_every_steps=11',
+       '--sweep', 'model.features=[(8,),(16,)]', '--sweep', 'optimizer.learning_rate=[1e-3,3e-3]'],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=True)
+  assert 'Warning' not in sweep.stderr, sweep.stderr  # No library warning reaches the console.
+  index = run_report.build_report(str(workdir))
+  figures = len(leaderboard.OPTUNA_FIGURES)
+  pixels = _render_in_chromium(index, figures, tmp_path, height=3000)
+  assert (pixels < 200).any(axis=1).mean() > 0.3, 'most of the sweep page is blank'
+  # Each trial is a line of the parallel-coordinates plot, none drawn in a near-white colour.
+  for name in ('parallel.png', 'slice.png'):
+    with Image.open(os.path.join(os.path.dirname(index), name)) as image:
+      rgb = np.asarray(image.convert('RGB'), np.float32)
+    assert rgb.std() > 10, name

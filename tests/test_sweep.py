@@ -278,3 +278,30 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path)
   assert rows[0.01]['status'] == 'complete'
   assert rows[10.0]['status'].startswith('fail: Training diverged by step 11')
   assert 'Best: trial 0' in out
+
+
+def test_the_parallel_and_slice_figures_draw_every_trial_in_a_visible_colour():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import optuna  # pylint: disable=g-import-not-at-top
+  from cnn_jax.sweeps import leaderboard  # pylint: disable=g-import-not-at-top
+  params = [sweep_space.parse('model.features=[[8],[16]]'),
+            sweep_space.parse('optimizer.learning_rate=loguniform(1e-4,1e-2)')]
+  choices = optuna.distributions.CategoricalDistribution(['[8]', '[16]'])
+  rate = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+  trials = [optuna.trial.create_trial(
+      params={'model.features': features, 'optimizer.learning_rate': lr}, value=value,
+      distributions={'model.features': choices, 'optimizer.learning_rate': rate})
+      for features, lr, value in (('[8]', 1e-3, 0.85), ('[16]', 3e-3, 0.92), ('[8]', 1e-4, 0.88),
+                                  ('[16]', 5e-3, 0.90))]
+  for number, trial in enumerate(trials):
+    trial.number = number
+  parallel = leaderboard._parallel_figure(trials, params, plt)  # pylint: disable=protected-access
+  lines = [line for line in parallel.axes[0].lines if line.get_marker() == 'o']
+  assert len(lines) == 4
+  assert all(sum(matplotlib.colors.to_rgb(line.get_color())) < 2.7 for line in lines)  # No white.
+  figure = leaderboard._slice_figure(trials, params, plt)  # pylint: disable=protected-access
+  points = figure.axes[0].collections[0]
+  assert len(points.get_offsets()) == 4
+  assert all(sum(colour[:3]) < 2.7 for colour in points.get_facecolors())

@@ -38,21 +38,27 @@ def _show(axis, image: np.ndarray, title: str = '') -> None:
     axis.set_title(title, fontsize=8)
 
 
-def training_curves(records: list[dict], path: str) -> str:
-  """Train and eval loss and accuracy against step (top) and wall time in seconds (bottom).
+# The metrics file's splits, in the words the training log prints: its 'eval' split is the
+# validation split, where every choice is made; 'test' is scored once, at the end.
+CURVES = (('train', 'train', '-'), ('eval', 'validation', 'o-'), ('test', 'test', '*'))
 
-  Train and evaluation share the axes; the loss is on a log scale, so that the end of training,
-  where it falls from 0.05 to 0.01, is as visible as the start, where it falls from 2.3 to 0.3.
+
+def training_curves(records: list[dict], path: str) -> str:
+  """Train, validation and test loss and accuracy against step (top) and wall time in seconds
+  (bottom); the test split is one point, at the end.
+
+  The splits share the axes; the loss is on a log scale, so that the end of training, where it
+  falls from 0.05 to 0.01, is as visible as the start, where it falls from 2.3 to 0.3.
   """
   figure, axes = plt.subplots(2, 2, figsize=(10, 7))
   for row, x_key in enumerate(('step', 'time')):
     for col, metric in enumerate(('loss', 'accuracy')):
       axis = axes[row, col]
-      for split, style in (('train', '-'), ('eval', 'o-')):
+      for split, label, style in CURVES:
         points = [(r[x_key], r[metric]) for r in records if r['split'] == split and metric in r]
         if points:
           xs, ys = zip(*points)
-          axis.plot(xs, ys, style, label=split, markersize=3)
+          axis.plot(xs, ys, style, label=label, markersize=10 if split == 'test' else 3)
       axis.set_xlabel('step' if x_key == 'step' else 'seconds of training')
       axis.set_ylabel(metric + (' (log scale)' if metric == 'loss' else ''))
       if metric == 'loss' and axis.has_data():
@@ -80,11 +86,15 @@ def confusion(matrix: np.ndarray, class_names: list[str], path: str) -> str:
                   color='white' if matrix[i, j] > matrix.max() / 2 else 'black')
   totals = matrix.sum(axis=1)
   accuracy = np.divide(np.diag(matrix), totals, out=np.zeros(k), where=totals > 0)
-  right.barh(range(k), accuracy, color='tab:blue')
+  bars = right.barh(range(k), accuracy, color='tab:blue')
+  right.bar_label(bars, [f'{a:.1%}' for a in accuracy], padding=2, fontsize=7)
   right.set_yticks(range(k), class_names, fontsize=8)
   right.invert_yaxis()
-  right.set_xlim(0, 1)
-  right.set_xlabel('accuracy per class')
+  # From a little below the worst class, so that 86% and 100% look different; room on the
+  # right for the labels.
+  low = max(0.0, float(accuracy.min()) - 0.1 * max(1 - float(accuracy.min()), 0.05))
+  right.set_xlim(np.floor(low * 20) / 20, 1.08)
+  right.set_xlabel('accuracy per class (recall)')
   right.grid(axis='x', alpha=0.3)
   return _save(figure, path)
 

@@ -81,13 +81,77 @@ def write_best_config(row: dict, config, params, path: str) -> None:
             f"  return ml_collections.ConfigDict(json.loads(r'''{text}'''))\n")
 
 
-# Optuna's own figures of a sweep, in the order the sweep's page shows them: file → title.
+# The figures of a sweep, in the order the sweep's page shows them: file → title.
 OPTUNA_FIGURES = {
     'history.png': 'Optimisation history: each trial\'s best eval accuracy, and the best so far',
-    'slice.png': 'Best eval accuracy against each swept value',
+    'slice.png': 'Best eval accuracy against each swept value (colour: trial number)',
     'importances.png': 'Which swept keys mattered (fANOVA importance)',
-    'parallel.png': 'Parallel coordinates: every finished trial across the swept keys',
+    'parallel.png': 'Parallel coordinates: every finished trial across the swept keys (colour: '
+                    'its best eval accuracy)',
 }
+# A colour map with no white end: on a white page every trial stays visible.
+_COLOURS = 'viridis'
+
+
+def _axis_values(param, trials) -> tuple[list, list[str] | None]:
+  """Each trial's value of `param` as a number to plot, and the tick labels of a choice (its
+  values in the order written; None for a range)."""
+  if param.kind == 'choice':
+    labels = [json.dumps(v) if not isinstance(v, str) else v for v in param.values]
+    return [labels.index(t.params[param.key]) for t in trials], labels
+  return [float(t.params[param.key]) for t in trials], None
+
+
+def _slice_figure(trials, params, plt):
+  """Best eval accuracy against each swept key's value, one panel a key, coloured by trial."""
+  figure, axes = plt.subplots(1, len(params), figsize=(max(7, 3.5 * len(params)), 4.2),
+                              sharey=True, squeeze=False, layout='constrained')
+  accuracy = [t.value for t in trials]
+  numbers = [t.number for t in trials]
+  for axis, param in zip(axes[0], params):
+    xs, labels = _axis_values(param, trials)
+    drawn = axis.scatter(xs, accuracy, c=numbers, cmap=_COLOURS, edgecolors='black',
+                         linewidths=0.5, s=40, zorder=3)
+    if labels is not None:
+      axis.set_xticks(range(len(labels)), labels, fontsize=8)
+      axis.set_xlim(-0.5, len(labels) - 0.5)
+    elif param.kind == 'loguniform':
+      axis.set_xscale('log')
+    axis.set_xlabel(param.key)
+    axis.grid(alpha=0.3)
+  axes[0, 0].set_ylabel('best eval accuracy')
+  figure.colorbar(drawn, ax=list(axes[0]), label='trial')
+  return figure
+
+
+def _parallel_figure(trials, params, plt):
+  """One line per finished trial through its value of each swept key and its accuracy."""
+  columns = [(p.key, *_axis_values(p, trials)) for p in params]
+  columns.append(('best eval accuracy', [t.value for t in trials], None))
+  figure, axis = plt.subplots(figsize=(max(7, 2.2 * len(columns)), 4.2), layout='constrained')
+  scaled = []
+  for _, values, labels in columns:
+    low, high = (0, max(len(labels) - 1, 1)) if labels is not None else (min(values),
+                                                                         max(values))
+    scaled.append([(v - low) / (high - low) if high > low else 0.5 for v in values])
+  colours = plt.get_cmap(_COLOURS)
+  accuracy = np.asarray(columns[-1][1])
+  span = float(accuracy.max() - accuracy.min()) or 1.0
+  for i in np.argsort(accuracy):  # The best drawn last, on top.
+    axis.plot(range(len(columns)), [s[i] for s in scaled], '-o', markersize=3, linewidth=1.5,
+              color=colours((accuracy[i] - accuracy.min()) / span))
+  for x, (name, values, labels) in enumerate(columns):
+    axis.axvline(x, color='grey', linewidth=0.8)
+    shown = labels if labels is not None else [f'{min(values):.4g}', f'{max(values):.4g}']
+    for label, y in zip(shown, np.linspace(0, 1, len(shown)) if len(shown) > 1 else [0.5]):
+      axis.annotate(label, (x, y), xytext=(4, 0), textcoords='offset points', fontsize=7,
+                    va='center')
+  axis.set_xticks(range(len(columns)), [c[0] for c in columns], fontsize=8)
+  axis.set_yticks([])
+  axis.set_xlim(-0.2, len(columns) - 0.5)
+  scale = plt.cm.ScalarMappable(plt.Normalize(accuracy.min(), accuracy.min() + span), colours)
+  figure.colorbar(scale, ax=axis, label='best eval accuracy')
+  return figure
 
 
 def _readable_study(study, params):
@@ -117,24 +181,31 @@ def optuna_figures(study, params, directory: str) -> dict[str, str | None]:
   import optuna  # pylint: disable=g-import-not-at-top
   from optuna.visualization import matplotlib as plots  # pylint: disable=g-import-not-at-top
   shown = _readable_study(study, params)
-  draw = {'history.png': plots.plot_optimization_history, 'slice.png': plots.plot_slice,
-          'importances.png': plots.plot_param_importances,
-          'parallel.png': plots.plot_parallel_coordinate}
+  trials = shown.get_trials(deepcopy=False)
+  ours = {'slice.png': _slice_figure, 'parallel.png': _parallel_figure}
+  draw = {'history.png': plots.plot_optimization_history, 'slice.png': None,
+          'importances.png': plots.plot_param_importances, 'parallel.png': None}
   outcome = {}
   for name, plot in draw.items():
     path = os.path.join(directory, name)
     if os.path.exists(path):
       os.remove(path)  # A figure of earlier results must not outlive them.
-    with warnings.catch_warnings():
-      warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-      try:
-        axes = plot(shown, target_name='best eval accuracy')
-      except (ValueError, RuntimeError) as e:
-        outcome[name] = str(e).split('\n', 1)[0]
+    if name in ours:
+      if len(trials) < 2:
+        outcome[name] = 'needs two finished trials'
         continue
-    figure = np.asarray(axes).flat[0].figure
-    figure.set_size_inches(max(figure.get_size_inches()[0], 7), 4.5)
-    figure.tight_layout()
+      figure = ours[name](trials, params, plt)
+    else:
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        try:
+          axes = plot(shown, target_name='best eval accuracy')
+        except (ValueError, RuntimeError) as e:
+          outcome[name] = str(e).split('\n', 1)[0]
+          continue
+      figure = np.asarray(axes).flat[0].figure
+      figure.set_size_inches(max(figure.get_size_inches()[0], 7), 4.5)
+      figure.tight_layout()
     figure.savefig(path, dpi=80, bbox_inches='tight')
     plt.close(figure)
     outcome[name] = None
