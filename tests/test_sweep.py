@@ -96,10 +96,15 @@ def test_a_killed_sweep_resumes_its_trial_and_repeats_no_finished_one(tmp_path):
   process.send_signal(signal.SIGKILL)
   process.communicate()
   assert _finals(tmp_path, 0) == (1, False)  # Trial 0 had finished; trial 1 was mid-way.
+  trained_before = max(r['time'] for r in read_metrics(str(tmp_path / 'trials' / '0001')))
   out = _sweep(tmp_path, *GRID, '--config.checkpoint.every_steps=20', steps=220)
   assert 'Resuming 1 interrupted trial(s)' in out
+  assert 'trial 1: step    220/220' in out  # Its progress, under the number it started with.
   rows = _table(tmp_path)
   assert len(rows) == 4 and all(r['status'] == 'complete' for r in rows)
+  assert sorted(int(r['trial']) for r in rows) == [0, 1, 2, 3]  # The retry kept its number,
+  resumed = next(r for r in rows if r['trial'] == '1')  # and its whole training time.
+  assert float(resumed['seconds']) > trained_before
   assert _finals(tmp_path, 0) == (1, False)  # Not run again.
   assert _finals(tmp_path, 1) == (1, True)  # Resumed from its checkpoint, finished once.
 

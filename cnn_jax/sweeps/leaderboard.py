@@ -25,7 +25,9 @@ def trial_rows(study, params) -> list[dict]:
     if attrs.get('status') == 'interrupted, retried':
       continue  # Its retry (same parameters, same workdir) carries the result.
     status = trial.state.name.lower() + (f": {attrs['status']}" if 'status' in attrs else '')
-    row = {'trial': trial.number, **sweep_space.values_of(params, trial.params),
+    # A retried trial keeps the number it was started under (and its workdir and time).
+    row = {'trial': attrs.get('retry_of', trial.number),
+           **sweep_space.values_of(params, trial.params),
            'best_eval_accuracy': trial.value if trial.state == states.COMPLETE else None,
            'final_eval_accuracy': attrs.get('final_accuracy'),
            'test_accuracy': attrs.get('test_accuracy'), 'steps': attrs.get('steps'),

@@ -55,9 +55,9 @@ def run_trial(trial, base_config, params, sweep_dir: str, test_split: str | None
   """
   values = {p.key: space.suggest(trial, p) for p in params}
   config = space.apply(base_config, values)
-  config.progress_bar = False
-  workdir = trial.user_attrs.get('workdir') or os.path.join(sweep_dir, 'trials',
-                                                             f'{trial.number:04d}')
+  config.progress_bar = True  # Into `_Progress` (no terminal): a plain line per train log.
+  number = trial.user_attrs.get('retry_of', trial.number)
+  workdir = trial.user_attrs.get('workdir') or os.path.join(sweep_dir, 'trials', f'{number:04d}')
   trial.set_user_attr('workdir', workdir)
   trial.set_user_attr('values', json.dumps({k: repr(v) for k, v in values.items()}))
   started = time.time()
@@ -70,12 +70,46 @@ def run_trial(trial, base_config, params, sweep_dir: str, test_split: str | None
 
   os.makedirs(workdir, exist_ok=True)
   try:
-    with open(os.path.join(workdir, 'train.log'), 'a', encoding='utf-8') as log, \
-        contextlib.redirect_stdout(log):
-      train.train_and_evaluate(config, workdir, on_eval)
+    with open(os.path.join(workdir, 'train.log'), 'a', encoding='utf-8') as log:
+      progress = _Progress(log, sys.stdout, f'trial {number}: ')
+      # Both streams: the loop's bar (stderr) sees no terminal and logs plain lines instead.
+      with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
+        train.train_and_evaluate(config, workdir, on_eval)
   finally:
-    trial.set_user_attr('seconds', round(time.time() - started, 1))
+    trial.set_user_attr('seconds', _training_seconds(workdir, time.time() - started))
   return _record_finished(trial, workdir, test_split)
+
+
+class _Progress:
+  """What a trial prints: all of it into its train.log, and its progress lines ('step ...') to
+  the console too, prefixed with the trial, so a sweep shows how each trial is doing as it
+  trains (from several workers, their lines interleave, each saying whose it is)."""
+
+  def __init__(self, log, console, prefix: str):
+    self._log, self._console, self._prefix, self._pending = log, console, prefix, ''
+
+  def write(self, text: str) -> int:
+    self._log.write(text)
+    self._pending += text
+    *lines, self._pending = self._pending.split('\n')
+    for line in lines:
+      if line.startswith('step '):
+        self._console.write(f'{self._prefix}{line}\n')
+    return len(text)
+
+  def flush(self) -> None:
+    self._log.flush()
+    self._console.flush()
+
+  def isatty(self) -> bool:
+    return False
+
+
+def _training_seconds(workdir: str, this_run: float) -> float:
+  """A trial's training time, all its runs together (a resumed trial's metrics carry the time
+  trained before); `this_run` where it logged nothing."""
+  times = [r['time'] for r in read_metrics(workdir) if 'time' in r]
+  return round(max(times) if times else this_run, 1)
 
 
 def _record_finished(trial, workdir: str, test_split: str | None) -> float:

@@ -60,8 +60,9 @@ def recover_interrupted(study) -> int:
   for trial in stale:
     study._storage.set_trial_user_attr(trial._trial_id, 'status', 'interrupted, retried')  # pylint: disable=protected-access
     study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)  # pylint: disable=protected-access
-    study.enqueue_trial(trial.params, user_attrs={'workdir': trial.user_attrs.get('workdir'),
-                                                  'retry_of': trial.number})
+    study.enqueue_trial(trial.params, user_attrs={
+        'workdir': trial.user_attrs.get('workdir'),
+        'retry_of': trial.user_attrs.get('retry_of', trial.number)})  # The first number.
   return len(stale)
 
 
