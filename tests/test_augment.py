@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax.training.augment import Augmentation, augment_batch, rotate
+from cnn_jax.training.augment import Augmentation, augment_batch, random_erase, rotate
 from cnn_jax.training.validation import config_problems
 from conftest import load_config
 
@@ -54,3 +54,23 @@ def test_flipping_digits_is_refused():
   config.augment.horizontal_flip = True
   assert any('mirrored 2 is not a 2' in p for p in config_problems(config))
   assert not config_problems(load_config('cats_vs_dogs'))
+
+
+def test_random_erasing_replaces_one_rectangle_of_the_asked_share_of_images():
+  images = jnp.zeros((400, 28, 28, 1))
+  erased = random_erase(images, jax.random.key(0), 0.5)
+  changed = np.asarray(erased != 0)[..., 0]  # [B, H, W]: noise is never exactly 0.
+  touched = changed.any(axis=(1, 2))
+  assert 0.42 < touched.mean() < 0.58  # About half the images, as asked.
+  areas = changed.sum(axis=(1, 2))[touched] / (28 * 28)
+  assert areas.min() >= 0.015 and areas.max() <= 0.42  # 2-40% of the image, rounded to pixels.
+  for mask in changed[touched][:20]:  # One filled rectangle: its bounding box, full.
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    assert mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+  # Off, or on beside the others: the other augmentations draw what they drew without it.
+  with_erasing = Augmentation(crop_padding=2, horizontal_flip=True, erase_probability=1.0)
+  without = Augmentation(crop_padding=2, horizontal_flip=True)
+  x = jax.random.normal(jax.random.key(1), (8, 12, 12, 1))
+  a = augment_batch(x, jax.random.key(2), with_erasing)
+  b = augment_batch(x, jax.random.key(2), without)
+  assert np.mean(np.asarray(a) == np.asarray(b)) > 0.5  # Only the rectangles differ.

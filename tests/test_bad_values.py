@@ -52,6 +52,7 @@ BAD_VALUES = [
     ('augment.crop_padding', ['-1'], []),
     ('augment.horizontal_flip', ['True'], []),  # Digits: a mirrored 2 is not a 2.
     ('augment.rotation_degrees', ['-1', '181'], []),
+    ('augment.erase_probability', ['-0.1', '1.5'], []),
     ('model.name', ['nonsense'], []),
     ('model.features', ['abc', '(0,16)', '(-8,16)', '(8.5,16)', '()'], []),
     ('model.kernel_size', ['0', '-3', '40'], ['model.padding=VALID']),

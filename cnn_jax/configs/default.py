@@ -93,6 +93,9 @@ def get_config():
   config.augment.crop_padding = 0  # Pad by this many pixels, then crop back at a random offset.
   config.augment.horizontal_flip = False  # Mirror half the images (refused for digit datasets).
   config.augment.rotation_degrees = 0.0  # Rotate by a random angle within ± this.
+  # Replace a random rectangle (2-40% of the image) with noise in this share of training images:
+  # random erasing, +0.4 points for a ResNet-20 on Fashion-MNIST in Zhong et al.'s table.
+  config.augment.erase_probability = 0.0
 
   # ---- model --------------------------------------------------------------------------------------
   # `name` picks an entry of cnn_jax.models.MODELS; the other fields are that model's keyword

@@ -1,7 +1,7 @@
 """Training-time augmentation on the device, inside the jitted train step.
 
-Random crop with zero padding, horizontal flip and small rotations, applied to a normalised batch
-[B, H, W, C]. The key comes from the step's key, so augmentation is deterministic given the seed
+Random crop with zero padding, horizontal flip, small rotations and random erasing, applied to a
+normalised batch [B, H, W, C]. The key comes from the step's key, so augmentation is deterministic given the seed
 and a resumed run draws the same crops and flips. Zero padding is the mean colour, because the
 images are already normalised. Evaluation never augments.
 """
@@ -22,15 +22,19 @@ class Augmentation:
     horizontal_flip: mirror left-right with probability 1/2 (never for digits: a mirrored 2 is no
       longer a 2).
     rotation_degrees: rotate by an angle drawn uniformly from ±this, about the centre (bilinear).
+    erase_probability: with this probability, replace a random rectangle of the image (2–40% of
+      its area, aspect ratio 0.3–3.3) with noise: random erasing (Zhong et al. 2017).
   """
   crop_padding: int = 0
   horizontal_flip: bool = False
   rotation_degrees: float = 0.0
+  erase_probability: float = 0.0
 
   @property
   def active(self) -> bool:
     """True if any augmentation is switched on."""
-    return bool(self.crop_padding or self.horizontal_flip or self.rotation_degrees)
+    return bool(self.crop_padding or self.horizontal_flip or self.rotation_degrees
+                or self.erase_probability)
 
 
 def _random_crop(images: jax.Array, key: jax.Array, padding: int) -> jax.Array:
@@ -61,6 +65,33 @@ def rotate(image: jax.Array, radians: jax.Array) -> jax.Array:
   return jax.vmap(sample, in_axes=2, out_axes=2)(image)
 
 
+# Random erasing's rectangle: its share of the image's area and its height / width, drawn
+# uniformly (the ratio on a log scale), as Zhong et al. draw them.
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
+
+
+def random_erase(images: jax.Array, key: jax.Array, probability: float) -> jax.Array:
+  """Replaces, in each image of [B, H, W, C] with probability `probability`, one random
+  rectangle with standard normal noise (the images are normalised: noise of their own scale)."""
+  batch, height, width, _ = images.shape
+  k_apply, k_area, k_aspect, k_top, k_left, k_noise = jax.random.split(key, 6)
+  erased = jax.random.bernoulli(k_apply, probability, (batch,))
+  area = jax.random.uniform(k_area, (batch,), minval=ERASE_AREA[0], maxval=ERASE_AREA[1])
+  aspect = jnp.exp(jax.random.uniform(k_aspect, (batch,), minval=math.log(ERASE_ASPECT[0]),
+                                      maxval=math.log(ERASE_ASPECT[1])))
+  rect_h = jnp.clip(jnp.round(jnp.sqrt(area * height * width * aspect)), 1, height)  # [B]
+  rect_w = jnp.clip(jnp.round(jnp.sqrt(area * height * width / aspect)), 1, width)
+  top = jnp.floor(jax.random.uniform(k_top, (batch,)) * (height - rect_h + 1))
+  left = jnp.floor(jax.random.uniform(k_left, (batch,)) * (width - rect_w + 1))
+  rows = jnp.arange(height)[None, :, None]  # [1, H, 1]
+  cols = jnp.arange(width)[None, None, :]  # [1, 1, W]
+  inside = ((rows >= top[:, None, None]) & (rows < (top + rect_h)[:, None, None])
+            & (cols >= left[:, None, None]) & (cols < (left + rect_w)[:, None, None]))
+  mask = (inside & erased[:, None, None])[..., None]  # [B, H, W, 1]
+  return jnp.where(mask, jax.random.normal(k_noise, images.shape, images.dtype), images)
+
+
 def augment_batch(images: jax.Array, key: jax.Array, augmentation: Augmentation) -> jax.Array:
   """Returns `images` [B, H, W, C] with `augmentation` applied independently to each image."""
   crop_key, flip_key, rotate_key = jax.random.split(key, 3)
@@ -72,4 +103,6 @@ def augment_batch(images: jax.Array, key: jax.Array, augmentation: Augmentation)
     limit = math.radians(augmentation.rotation_degrees)
     angles = jax.random.uniform(rotate_key, (images.shape[0],), minval=-limit, maxval=limit)
     images = jax.vmap(rotate)(images, angles)
+  if augmentation.erase_probability:  # A key of its own: the others draw as without it.
+    images = random_erase(images, jax.random.fold_in(key, 3), augmentation.erase_probability)
   return images

@@ -105,6 +105,7 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   aug = config.augment
   _check_number(p, 'augment.crop_padding', aug.crop_padding, low=0, integer=True)
   _check_number(p, 'augment.rotation_degrees', aug.rotation_degrees, low=0, high=180)
+  _check_number(p, 'augment.erase_probability', aug.erase_probability, low=0, high=1)
   if aug.horizontal_flip and data.flip_problem(d.name):
     p.append(data.flip_problem(d.name))
   ckpt = config.checkpoint
