@@ -55,3 +55,30 @@ def test_every_command_in_the_readme_works_from_the_installed_distribution():
     name = value.split(':')[0]
     assert name in shipped | {'<name>', 'CONFIG'} or (
         name.endswith('.py') and not name.startswith(('configs/', 'cnn_jax/'))), value
+
+
+def test_the_quoted_model_summary_is_what_the_digits_run_prints():
+  """README's summary block is the digits default's summary, row for row."""
+  from cnn_jax.models import summary  # pylint: disable=g-import-not-at-top
+  from cnn_jax.training import setup  # pylint: disable=g-import-not-at-top
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  quoted = re.search(r'FLOPs per image:\n\n```\n(.+?)\n```', _read('README.md'), re.S)[1]
+  config = load_config('digits')
+  model = setup.build_model(config, 10, setup.build_speed(config))
+  assert summary.format_summary(summary.summarize(model, (8, 8, 1))) == quoted
+
+
+def test_the_quoted_final_line_has_the_shape_and_program_count_of_a_real_run(tmp_path):
+  """README's final line of the digits run: the same words, the same number of compiled programs
+  (a cold cache: none from the disk), and figures in their places."""
+  quoted = re.search(r'\nFinal test accuracy: .+', _read('README.md'))[0].strip()
+  result = subprocess.run(
+      [sys.executable, '-m', 'cnn_jax', 'train', '--config', 'digits', '--workdir',
+       str(tmp_path / 'run'), '--config.progress_bar=False',
+       f'--config.compilation_cache={tmp_path / "cache"}'],
+      cwd=tmp_path, capture_output=True, text=True, timeout=300, check=True)
+  final = result.stdout.strip().splitlines()[-1]
+  shape = lambda line: re.sub(r'\d[\d,.]*', 'N', line)
+  assert shape(final) == shape(quoted), (final, quoted)
+  programs = lambda line: re.search(r'(\d+) of (\d+) programs', line).groups()
+  assert programs(final) == programs(quoted) == ('0', programs(quoted)[1])
