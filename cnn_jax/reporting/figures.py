@@ -45,11 +45,16 @@ CURVES = (('train', 'train', '-'), ('eval', 'validation', 'o-'), ('test', 'test'
 
 def training_curves(records: list[dict], path: str) -> str:
   """Train, validation and test loss and accuracy against step (top) and wall time in seconds
-  (bottom); the test split is one point, at the end.
+  (bottom); the test split is one point, scored at the end, drawn where its checkpoint (the one
+  chosen on validation) was saved.
 
   The splits share the axes; the loss is on a log scale, so that the end of training, where it
   falls from 0.05 to 0.01, is as visible as the start, where it falls from 2.3 to 0.3.
   """
+  saved_at = {r['step']: r for r in records if r['split'] == 'eval'}
+  records = [{**r, **{k: saved_at[r['checkpoint_step']][k] for k in ('step', 'time')}}
+             if r['split'] == 'test' and r.get('checkpoint_step') in saved_at else r
+             for r in records]
   figure, axes = plt.subplots(2, 2, figsize=(10, 7))
   for row, x_key in enumerate(('step', 'time')):
     for col, metric in enumerate(('loss', 'accuracy')):
