@@ -73,7 +73,7 @@ def test_evaluating_the_population_directory_names_its_members(trained_populatio
 def test_a_member_is_evaluated_and_predicted_like_any_run(trained_population):
   _, workdir, _ = trained_population
   member = population.member_dir(workdir, 2)
-  trained = inference.load_trained(member)
+  trained = inference.load_trained(member, 'latest')  # population.json: the last evaluation.
   summary = json.load(open(os.path.join(workdir, population.SUMMARY_FILE)))['members']
   from cnn_jax import data  # pylint: disable=g-import-not-at-top
   spec = setup.data_spec(trained.config)
