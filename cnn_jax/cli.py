@@ -15,6 +15,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cnn_jax.configs import default
 from cnn_jax.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -127,6 +128,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
                  and bad.group(1) in re.split(r'[.=]', a[2:])]
     where = f' in {overrides[0]}' if overrides else ''
     hint = text.split('\n', 1)[1].strip() if '\n' in text else ''
+    hint = hint or _moved_key_hint(bad.group(1) if bad else '')
     _exit_with(f"unknown config key {bad.group(1) if bad else text!r}{where}. {hint}\n"
                'Every key and its meaning is listed in cnn_jax/configs/default.py.')
   except Exception as e:  # pylint: disable=broad-except  # The config file itself failed to run.
@@ -134,6 +136,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _exit_with(f'could not load the config file {_config_file(argv)!r}{where}: '
                f'{type(e).__name__}: {e}')
   return []  # Not reached: _exit_with exits.
+
+
+def _moved_key_hint(key: str) -> str:
+  """Where a key that an older config or command line used now lives, or ''."""
+  speed = default.get_config().speed
+  moved = {**{name: f'speed.{name}' for name in speed}, 'vectorize': 'speed.population_vectorize'}
+  return f'It is now config.{moved[key]}: --config.{moved[key]}=...' if key in moved else ''
 
 
 def _config_location(error: BaseException) -> str:

@@ -19,6 +19,7 @@ def _main(*args, cwd=REPO):
     (['--config.optimizer.learnin_rate=3e-3'],
      'Did you mean "learning_rate" instead of "learnin_rate"?'),
     (['--config.batch_size=0'], 'config.batch_size=0 must be ≥ 1'),
+    (['--config.pool_first=False'], 'It is now config.speed.pool_first'),  # An older key.
     (['--config.batch_size=abc'], '--config.batch_size=abc'),
     (['--config.model.name=resnt18'], "did you mean 'resnet18'"),
     (['--config.model.kernel_size=9', '--config.model.padding=VALID'], 'kernel 9'),
