@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax.training.augment import Augmentation, augment_batch, random_erase, rotate
+from cnn_jax.training import steps
+from cnn_jax.training.augment import (Augmentation, augment_batch, random_erase, rotate,
+                                      evaluation_logits)
 from cnn_jax.training.validation import config_problems
 from conftest import load_config
 
@@ -74,3 +76,42 @@ def test_random_erasing_replaces_one_rectangle_of_the_asked_share_of_images():
   a = augment_batch(x, jax.random.key(2), with_erasing)
   b = augment_batch(x, jax.random.key(2), without)
   assert np.mean(np.asarray(a) == np.asarray(b)) > 0.5  # Only the rectangles differ.
+
+
+def test_test_flip_averages_each_images_and_its_mirrors_distribution():
+  images = _images()
+  weights = jax.random.normal(jax.random.key(0), (10 * 12 * 3, 4))
+  logits_of = lambda x: x.reshape(len(x), -1) @ weights  # Not mirror-symmetric.
+  np.testing.assert_array_equal(evaluation_logits(logits_of, images, False), logits_of(images))
+  averaged = jax.nn.softmax(evaluation_logits(logits_of, images, True))
+  expected = (jax.nn.softmax(logits_of(images)) + jax.nn.softmax(logits_of(images[:, :, ::-1]))) / 2
+  np.testing.assert_allclose(averaged, expected, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(averaged, jax.nn.softmax(logits_of(images)), atol=1e-3)  # It did mirror.
+  symmetric = images + images[:, :, ::-1]  # Its own mirror: the same distribution as without.
+  np.testing.assert_allclose(jax.nn.softmax(evaluation_logits(logits_of, symmetric, True)),
+                             jax.nn.softmax(logits_of(symmetric)), rtol=1e-5, atol=1e-7)
+  assert not Augmentation(test_flip=True).active  # Training batches are left alone.
+
+
+def test_the_eval_step_scores_the_averaged_prediction():
+  """An image the model gets right only mirrored: wrong without test_flip; with it, its label's
+  probability is averaged with the mirror's and the pair decides."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class LeftHalf(nn.Module):  # Class 0 if the left half is brighter, else 1; scaled by w.
+    @nn.compact
+    def __call__(self, x, train=False):
+      w = self.param('w', nn.initializers.ones, ())
+      left, right = x[:, :, :x.shape[2] // 2].mean((1, 2, 3)), x[:, :, x.shape[2] // 2:].mean((1, 2, 3))
+      return w * jnp.stack([left - right, right - left], -1)
+
+  image = jnp.zeros((1, 4, 4, 1)).at[:, :, :2].set(1.0)  # Left half bright: predicted 0.
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params={'w': jnp.ones(())},
+                           batch_stats={}, opt_state=(), rng=jax.random.key(0))
+  batch = {'image': image, 'label': jnp.array([1]), 'mask': jnp.ones(1)}
+  plain = steps.eval_step_fn(LeftHalf())(state, batch)
+  flipped = steps.eval_step_fn(LeftHalf(), test_flip=True)(state, batch)
+  assert plain['correct'] == 0
+  # Image and mirror disagree with equal confidence: probabilities (0.5, 0.5), loss log 2.
+  np.testing.assert_allclose(flipped['loss_sum'], np.log(2), rtol=1e-6)
+  assert flipped['loss_sum'] < plain['loss_sum']

@@ -51,6 +51,7 @@ BAD_VALUES = [
     ('data.class_names', ['(a,b)', '(a,a,b,c,d,e,f,g,h,i)'], []),
     ('augment.crop_padding', ['-1'], []),
     ('augment.horizontal_flip', ['True'], []),  # Digits: a mirrored 2 is not a 2.
+    ('augment.test_flip', ['True', '2'], []),  # Nor at test time.
     ('augment.rotation_degrees', ['-1', '181'], []),
     ('augment.erase_probability', ['-0.1', '1.5'], []),
     ('model.name', ['nonsense'], []),

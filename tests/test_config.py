@@ -16,7 +16,8 @@ from conftest import CONFIG_NAMES, load_config
 
 
 @pytest.mark.parametrize('name,arg', [(name, None) for name in CONFIG_NAMES] +
-                         [(name, 'small') for name in CONFIG_NAMES if name != 'default'])
+                         [(name, 'small') for name in CONFIG_NAMES if name != 'default'] +
+                         [('fashion_mnist', 'long')])
 def test_shipped_configs_are_valid_and_their_models_fit_their_images(name, arg):
   config = load_config(name, arg)
   validate_config(config)

@@ -133,7 +133,10 @@ def test_mirroring_is_refused_for_digit_sets_only(tmp_path):
   with pytest.raises(UserError, match="mirrors images, which changes what a 'mnist' image means"):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')  # Refused before any work.
-  assert data.flip_problem('fashion_mnist') is None and data.flip_problem('idx') is None
+  both = {'horizontal_flip': True, 'test_flip': True}
+  assert data.flip_problems('fashion_mnist', both) == [] and data.flip_problems('idx', both) == []
+  assert [m.split('=')[0] for m in data.flip_problems('mnist', both)] == [
+      'config.augment.horizontal_flip', 'config.augment.test_flip']
 
 
 def test_local_splits_take_tfds_slices():

@@ -182,3 +182,48 @@ def test_the_plain_pytorch_digits_script_is_the_readme_job():
   assert sum(p.numel() for p in script.network().parameters()) == 53_002  # As cnn_jax's.
   train, validation, test = script.splits(0)
   assert (len(train[1]), len(validation[1]), len(test[1])) == (1_293, 144, 360)
+
+
+def test_the_torch_augmentations_do_what_cnn_jax_s_do():
+  """Each transform on its own: a crop is a window of the zero-padded image, a flip a mirror, an
+  erased image differs in one rectangle; shapes kept, and the same generator draws the same."""
+  torch = pytest.importorskip('torch')
+  from cnn_jax.training.augment import Augmentation  # pylint: disable=g-import-not-at-top
+  images = torch.randn(64, 2, 9, 11)
+  draw = lambda aug, seed=0: torch_reference.augment_batch(
+      torch, images, aug, torch.Generator().manual_seed(seed))
+  cropped = draw(Augmentation(crop_padding=2))
+  assert cropped.shape == images.shape
+  padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+  for i in range(len(images)):
+    windows = [(dy, dx) for dy in range(5) for dx in range(5)
+               if torch.equal(padded[i, :, dy:dy + 9, dx:dx + 11], cropped[i])]
+    assert windows, f'image {i} is not a window of its padded self'
+  assert len({tuple(cropped[i].flatten()[:5].tolist()) == tuple(images[i].flatten()[:5].tolist())
+              for i in range(len(images))}) == 2  # Some moved, some (offset 2, 2) did not.
+  flipped = draw(Augmentation(horizontal_flip=True))
+  mirrored = [torch.equal(flipped[i], images[i].flip(2)) for i in range(len(images))]
+  kept = [torch.equal(flipped[i], images[i]) for i in range(len(images))]
+  assert all(m or k for m, k in zip(mirrored, kept)) and 16 < sum(mirrored) < 48
+  erased = draw(Augmentation(erase_probability=1.0))
+  changed = (erased != images).any(1)  # [B, H, W]
+  for mask in changed:
+    rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
+    assert mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()  # One full rectangle.
+  assert torch.equal(draw(Augmentation(crop_padding=2, horizontal_flip=True)),
+                     draw(Augmentation(crop_padding=2, horizontal_flip=True)))
+
+
+def test_the_torch_evaluation_flips_at_test_time_as_cnn_jax():
+  torch = pytest.importorskip('torch')
+
+  class LeftHalf(torch.nn.Module):  # Class 0 if the left half is brighter, else 1 (biased).
+    def forward(self, x):
+      left, right = x[..., :2].mean((1, 2, 3)), x[..., 2:].mean((1, 2, 3))
+      return torch.stack([left - right, right - left + 0.5], 1)
+
+  images = torch.zeros(1, 1, 4, 4)
+  images[..., :2] = 1.0  # Logits (1, -0.5): p(0) = 0.82; mirrored (-1, 1.5): p(0) = 0.08.
+  labels, mask = torch.tensor([0]), torch.ones(1)
+  assert torch_reference._correct(LeftHalf(), False, images, labels, mask) == 1
+  assert torch_reference._correct(LeftHalf(), True, images, labels, mask) == 0  # Mean p(0) 0.45.

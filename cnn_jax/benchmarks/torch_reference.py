@@ -5,11 +5,13 @@ PyTorch eager mode (float32, NCHW, one thread per CPU core), the way a PyTorch u
 
 What matches cnn_jax: the layers and their shapes (so the parameter count), the initialiser
 family, the optimizer and its weight decay, the learning-rate schedule, label smoothing, gradient
-clipping, and the order of the training batches. What does not: the initial weights themselves
-(another random generator); the 'truncated normal' initialisers, drawn here from a plain normal;
-the flatten order (C, H, W here, H, W, C in Flax: same count, different layout); on-device
-augmentation, which is not applied here; `config.dtype`, always float32 here; and the batch-norm
-running variance, which PyTorch updates with the unbiased estimate.
+clipping, the order of the training batches, and the augmentations (crop, flip and random erasing
+of each training batch, as tensor operations on the batch; the test-time flip in evaluation).
+What does not: the random draws (another generator: the initial weights, dropout and the
+augmentations' crops, flips and rectangles); the 'truncated normal' initialisers, drawn here from
+a plain normal; the flatten order (C, H, W here, H, W, C in Flax: same count, different layout);
+`config.dtype`, always float32 here; and the batch-norm running variance, which PyTorch updates
+with the unbiased estimate. Rotation has no counterpart here.
 
 PyTorch is optional and imported only when one of these functions runs.
 """
@@ -25,7 +27,8 @@ import numpy as np
 
 from cnn_jax import data, models
 from cnn_jax.benchmarks import time_to_accuracy
-from cnn_jax.training import optim, setup
+from cnn_jax.training import augment, optim, setup
+from cnn_jax.training.augment import Augmentation
 from cnn_jax.errors import UserError
 from cnn_jax.models.convnet import BN_EPSILON, BN_MOMENTUM, ConvNet, block_settings
 from cnn_jax.models.shapes import conv_output_size
@@ -78,12 +81,15 @@ def import_torch():
 
 
 def check_config(config) -> None:
-  """Raises UserError now if `config` cannot be measured in PyTorch: no torch, no ConvNet, or a
-  loss other than cross-entropy."""
+  """Raises UserError now if `config` cannot be measured in PyTorch: no torch, no ConvNet, a
+  loss other than cross-entropy, or rotation."""
   _convnet(config.model.name, setup.model_kwargs(config.model), 2)
   if config.loss != 'cross_entropy':
     raise UserError(f'the PyTorch reference trains with cross-entropy; config.loss={config.loss!r} '
                     'has no PyTorch counterpart there.')
+  if config.augment.rotation_degrees:
+    raise UserError('the PyTorch reference does not rotate images; set '
+                    '--config.augment.rotation_degrees=0 to compare the two.')
   import_torch()
 
 
@@ -206,10 +212,48 @@ def torch_optimizer(params, optimizer_config, total_steps: int = 1):
   return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _train_step(model, optimizer, scheduler, label_smoothing, clip_norm, images, labels):
-  """One update on a batch, as cnn_jax's train step: cross-entropy, [clip], step, schedule."""
+def augment_batch(torch, images, augmentation: Augmentation, generator):
+  """Returns NCHW `images` augmented as cnn_jax's train step augments them
+  (`cnn_jax.training.augment`), drawing from the torch.Generator `generator`: random crop from
+  the zero-padded batch, mirror of half the images, random erasing with normal noise."""
+  batch, _, height, width = images.shape
+  uniform = lambda *shape: torch.rand(shape, generator=generator)
+  if augmentation.crop_padding:
+    p = augmentation.crop_padding
+    padded = torch.nn.functional.pad(images, (p, p, p, p))
+    top, left = torch.randint(0, 2 * p + 1, (2, batch, 1), generator=generator)
+    rows, cols = top + torch.arange(height), left + torch.arange(width)  # [B, H], [B, W]
+    index = torch.arange(batch)[:, None, None]
+    # Indexed by [B, H, W] on both sides of the channel axis: the result is [B, H, W, C].
+    images = padded[index, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+  if augmentation.horizontal_flip:
+    images = torch.where((uniform(batch) < 0.5)[:, None, None, None], images.flip(3), images)
+  if augmentation.erase_probability:  # Zhong et al.'s rectangle, drawn as augment.random_erase.
+    low, high = augment.ERASE_AREA
+    area = (low + (high - low) * uniform(batch)) * height * width
+    log_low, log_high = math.log(augment.ERASE_ASPECT[0]), math.log(augment.ERASE_ASPECT[1])
+    aspect = torch.exp(log_low + (log_high - log_low) * uniform(batch))
+    rect_h = torch.round(torch.sqrt(area * aspect)).clamp(1, height)
+    rect_w = torch.round(torch.sqrt(area / aspect)).clamp(1, width)
+    top = torch.floor(uniform(batch) * (height - rect_h + 1))
+    left = torch.floor(uniform(batch) * (width - rect_w + 1))
+    rows = torch.arange(height)[None, :, None]
+    cols = torch.arange(width)[None, None, :]
+    inside = ((rows >= top[:, None, None]) & (rows < (top + rect_h)[:, None, None])
+              & (cols >= left[:, None, None]) & (cols < (left + rect_w)[:, None, None]))
+    erased = uniform(batch) < augmentation.erase_probability
+    mask = (inside & erased[:, None, None])[:, None]  # [B, 1, H, W]
+    images = torch.where(mask, torch.randn(images.shape, generator=generator), images)
+  return images.contiguous()
+
+
+def _train_step(model, optimizer, scheduler, label_smoothing, clip_norm, augment, images, labels):
+  """One update on a batch, as cnn_jax's train step: [augment], cross-entropy, [clip], step,
+  schedule."""
   torch = import_torch()  # Already imported by then: a dictionary lookup.
   optimizer.zero_grad(set_to_none=True)
+  if augment is not None:
+    images = augment(images)
   logits = model(images)
   loss = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
   loss.backward()
@@ -221,9 +265,16 @@ def _train_step(model, optimizer, scheduler, label_smoothing, clip_norm, images,
   return loss
 
 
-def _correct(model, images, labels, mask) -> float:
-  """Number of correctly classified real (mask = 1) examples, as cnn_jax's eval step counts."""
-  return float(((model(images).argmax(1) == labels).float() * mask).sum())
+def _correct(model, test_flip, images, labels, mask) -> float:
+  """Number of correctly classified real (mask = 1) examples, as cnn_jax's eval step counts
+  (with `test_flip`, by the mean of the image's and its mirror's predicted distributions)."""
+  if test_flip:  # One call on the images and their mirrors, as cnn_jax's evaluation batches them.
+    both = model(import_torch().cat([images, images.flip(3)]))
+    scores, mirrored = both.softmax(1).chunk(2)
+    scores = scores + mirrored
+  else:
+    scores = model(images)
+  return float(((scores.argmax(1) == labels).float() * mask).sum())
 
 
 def _to_torch(torch, batch: dict) -> tuple:
@@ -235,15 +286,22 @@ def _to_torch(torch, batch: dict) -> tuple:
 
 def _setup(config, image_shape, num_classes, total_steps, compiled: bool = False):
   """Returns (torch, model, step) for `config`, seeded and using every CPU core; with `compiled`,
-  the step runs the model through `torch.compile`."""
+  the step runs the model through `torch.compile`. The step augments its batch as
+  config.augment says."""
   torch = import_torch()
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(config.seed)
   model = build_torch_convnet(config.model.name, setup.model_kwargs(config.model), image_shape,
                               num_classes)
   optimizer, scheduler = torch_optimizer(model.parameters(), config.optimizer, total_steps)
+  augmentation = Augmentation(**config.augment)
+  augment = None
+  if augmentation.active:
+    generator = torch.Generator().manual_seed(config.seed)
+    augment = lambda images: augment_batch(torch, images, augmentation, generator)
   step = functools.partial(_train_step, torch.compile(model) if compiled else model, optimizer,
-                           scheduler, config.label_smoothing, config.optimizer.grad_clip_norm)
+                           scheduler, config.label_smoothing, config.optimizer.grad_clip_norm,
+                           augment)
   return torch, model, step
 
 
@@ -284,7 +342,7 @@ def measure_torch(config, num_steps: int, warmup: int, synthetic_batches: list[d
   size = config.eval_batch_size
   images = torch.zeros((size, image_shape[2], *image_shape[:2]))
   labels, mask = torch.zeros(size, dtype=torch.int64), torch.ones(size)
-  evaluate = lambda i: _correct(model, images, labels, mask)
+  evaluate = lambda i: _correct(model, config.augment.test_flip, images, labels, mask)
   model.eval()
   with torch.no_grad():
     results['eval_first_step_s'] = timed(evaluate, 1)
@@ -323,8 +381,9 @@ def time_to_accuracy_torch(config, dataset: data.Dataset, target: float, max_epo
   def evaluate() -> float:
     model.eval()
     with torch.no_grad():
-      correct = sum(_correct(model, *_to_torch(torch, batch)) for batch in data.eval_batches(
-          dataset.eval, dataset.normalizer, config.eval_batch_size))
+      batches = data.eval_batches(dataset.eval, dataset.normalizer, config.eval_batch_size)
+      correct = sum(_correct(model, config.augment.test_flip, *_to_torch(torch, batch))
+                    for batch in batches)
     return correct / len(dataset.eval)
 
   return time_to_accuracy.train_until(train_epoch, evaluate, target, max_epochs, start)

@@ -26,7 +26,8 @@ from cnn_jax.errors import UserError
 __all__ = ['DataSpec', 'Dataset', 'StreamedDataset', 'DatasetInfo', 'Normalizer', 'Split',
            'Source', 'open_source', 'describe_dataset', 'load_dataset', 'load_split',
            'stream_dataset', 'eval_batches', 'train_batch', 'train_indices', 'steps_per_epoch',
-           'LOCAL_SOURCES', 'NO_HORIZONTAL_FLIP', 'RESIZE_MODES', 'SOURCES', 'flip_problem']
+           'LOCAL_SOURCES', 'NO_HORIZONTAL_FLIP', 'RESIZE_MODES', 'SOURCES', 'FLIP_KEYS',
+           'flip_problems']
 
 VALIDATION = 'validation'  # The split every choice is made on (see `load_dataset`).
 # The sources whose splits are read whole into memory, decoded (the rest are TFDS datasets).
@@ -36,12 +37,17 @@ LOCAL_SOURCES = tuple(name for name, source in SOURCES.items() if source.local)
 NO_HORIZONTAL_FLIP = ('digits', 'mnist', 'emnist', 'kmnist', 'svhn_cropped')
 
 
-def flip_problem(dataset_name: str) -> str | None:
-  """Why config.augment.horizontal_flip must stay off for dataset `dataset_name`, or None."""
+FLIP_KEYS = ('horizontal_flip', 'test_flip')  # The config.augment settings that mirror images.
+
+
+def flip_problems(dataset_name: str, augment) -> list[str]:
+  """Why each config.augment setting of `augment` that mirrors images (FLIP_KEYS) and is on
+  must stay off for dataset `dataset_name`: a mirrored 2 is no longer a 2."""
   if dataset_name not in NO_HORIZONTAL_FLIP:
-    return None
-  return (f'config.augment.horizontal_flip=True mirrors images, which changes what a '
-          f'{dataset_name!r} image means (a mirrored 2 is not a 2); leave it off for this dataset')
+    return []
+  return [f'config.augment.{key}=True mirrors images, which changes what a {dataset_name!r} '
+          f'image means (a mirrored 2 is not a 2); leave it off for this dataset'
+          for key in FLIP_KEYS if augment[key]]
 
 
 def _opened(spec_or_source: DataSpec | Source) -> Source:

@@ -94,8 +94,8 @@ def _explanations(trained, examples, examples_name, logits, rows, shown, normali
                figures.grad_cam_grid(examples.images[picks], cams, titles, path('grad_cam.png'),
                                      target.description))]
   if image_path:
-    image_logits = np.asarray(trained.model.apply(trained.variables, normalised[None],
-                                                  train=False))
+    image_logits = np.asarray(inference.trained_logits(trained, trained.variables,
+                                                       normalised[None]))
     image_probabilities = inference.softmax(image_logits)[0]
     order = np.argsort(-image_probabilities)[:TOP_CLASSES]
     cam = saliency.grad_cam(trained.model, trained.variables, normalised[None], order[:1],

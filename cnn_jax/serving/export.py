@@ -19,7 +19,8 @@ from jax import export
 
 from cnn_jax.errors import UserError
 from cnn_jax.serving import exported_model, jaxpr_to_onnx
-from cnn_jax.serving.inference import TrainedModel, file_normalizer, training_background
+from cnn_jax.serving.inference import (TrainedModel, file_normalizer, trained_logits,
+                                       training_background)
 from cnn_jax.training.workdir import library_versions
 
 
@@ -34,7 +35,7 @@ def probabilities_fn(trained: TrainedModel):
   normalizer = file_normalizer(trained)  # The same arithmetic as evaluation, traced into it.
 
   def probabilities(pixels):
-    logits = trained.model.apply(trained.variables, normalizer(pixels), train=False)
+    logits = trained_logits(trained, trained.variables, normalizer(pixels))
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
   return jax.jit(probabilities)

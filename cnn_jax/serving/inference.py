@@ -23,7 +23,7 @@ from cnn_jax.errors import UserError
 from cnn_jax.runtime import compilation_cache
 from cnn_jax.serving import exported_model
 from cnn_jax.serving.exported_model import ExportedModel
-from cnn_jax.training import checkpoint, losses, setup, steps
+from cnn_jax.training import augment, checkpoint, losses, setup, steps
 from cnn_jax.training.workdir import load_dataset_record, load_run_config
 
 FILE_PIXEL_MAX = 255.0  # Image files hold 8-bit pixels, whatever the training data's range was.
@@ -86,9 +86,18 @@ def load_trained(workdir: str, which: str = 'best') -> TrainedModel:
                       {'params': state.params, 'batch_stats': state.batch_stats}, described)
 
 
-def make_logits_fn(model):
-  """Returns a jitted `logits(variables, images) -> float32 [B, num_classes]` (eval mode)."""
-  return jax.jit(lambda variables, images: model.apply(variables, images, train=False))
+def make_logits_fn(trained: TrainedModel):
+  """Returns a jitted `logits(variables, images) -> float32 [B, num_classes]` (eval mode), as
+  the run evaluated them (with its config.augment.test_flip)."""
+  return jax.jit(lambda variables, images: trained_logits(trained, variables, images))
+
+
+def trained_logits(trained: TrainedModel, variables: dict, images: jax.Array) -> jax.Array:
+  """The logits of `images` as the run `trained` evaluated them: the one place, after training,
+  that knows a run may average each image with its mirror (`augment.evaluation_logits`)."""
+  return augment.evaluation_logits(
+      lambda batch: trained.model.apply(variables, batch, train=False), images,
+      trained.config.augment.test_flip)
 
 
 def batched_logits(trained: TrainedModel, batches: Iterable[dict[str, np.ndarray]],
@@ -97,7 +106,7 @@ def batched_logits(trained: TrainedModel, batches: Iterable[dict[str, np.ndarray
 
   With `progress`, a tqdm bar (of `num_batches`) shows on a terminal.
   """
-  logits_fn = make_logits_fn(trained.model)
+  logits_fn = make_logits_fn(trained)
   outputs = []
   for batch in tqdm(batches, total=num_batches, unit='batch', desc='predicting',
                     disable=None if progress else True):

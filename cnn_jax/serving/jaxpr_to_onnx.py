@@ -227,12 +227,21 @@ def _emit(graph: _Graph, eqn, inputs: list[str]) -> list[str]:
     return [graph.node('Transpose', inputs, perm=list(p['permutation']))]
   if name == 'concatenate':
     return [graph.node('Concat', inputs, axis=int(p['dimension']))]
+  if name == 'rev':  # A slice that walks each reversed axis backwards from its last element.
+    axes = list(p['dimensions'])
+    return [graph.node('Slice', [inputs[0], graph.int64s([-1] * len(axes)),
+                                 graph.int64s([np.iinfo(np.int64).min] * len(axes)),
+                                 graph.int64s(axes), graph.int64s([-1] * len(axes))])]
   if name == 'slice':
-    rank = len(p['start_indices'])
-    steps = p['strides'] or (1,) * rank
-    return [graph.node('Slice', [inputs[0], graph.int64s(p['start_indices']),
-                                 graph.int64s(p['limit_indices']), graph.int64s(range(rank)),
-                                 graph.int64s(steps)])]
+    shape = eqn.invars[0].aval.shape
+    steps = p['strides'] or (1,) * len(shape)
+    # Only the axes that are cut: an untouched axis may be the unknown (batch) dimension.
+    bounds = list(zip(p['start_indices'], p['limit_indices'], steps))
+    cut = [a for a, (start, limit, step) in enumerate(bounds)
+           if not (start == 0 and step == 1 and limit == shape[a])]
+    return [graph.node('Slice', [inputs[0], graph.int64s(bounds[a][0] for a in cut),
+                                 graph.int64s(bounds[a][1] for a in cut),
+                                 graph.int64s(cut), graph.int64s(steps[a] for a in cut)])]
   if name == 'pad':
     config = p['padding_config']
     if any(interior or low < 0 or high < 0 for low, high, interior in config):

@@ -1,13 +1,17 @@
-"""Training-time augmentation on the device, inside the jitted train step.
+"""Augmentation on the device: of training batches inside the jitted train step, and the one
+test-time augmentation, the mirror, wherever a trained model's logits are computed.
 
 Random crop with zero padding, horizontal flip, small rotations and random erasing, applied to a
-normalised batch [B, H, W, C]. The key comes from the step's key, so augmentation is deterministic given the seed
-and a resumed run draws the same crops and flips. Zero padding is the mean colour, because the
-images are already normalised. Evaluation never augments.
+normalised batch [B, H, W, C]. The key comes from the step's key, so augmentation is deterministic
+given the seed and a resumed run draws the same crops and flips. Zero padding is the mean colour,
+because the images are already normalised. Evaluation draws nothing: with `test_flip` it averages
+each image's prediction with its mirror's (`evaluation_logits`), the same in evaluation,
+prediction and export.
 """
 
 import dataclasses
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,15 +28,18 @@ class Augmentation:
     rotation_degrees: rotate by an angle drawn uniformly from ±this, about the centre (bilinear).
     erase_probability: with this probability, replace a random rectangle of the image (2–40% of
       its area, aspect ratio 0.3–3.3) with noise: random erasing (Zhong et al. 2017).
+    test_flip: not in training: evaluate, predict and export on each image and its mirror,
+      averaging the two predicted distributions (`evaluation_logits`).
   """
   crop_padding: int = 0
   horizontal_flip: bool = False
   rotation_degrees: float = 0.0
   erase_probability: float = 0.0
+  test_flip: bool = False
 
   @property
   def active(self) -> bool:
-    """True if any augmentation is switched on."""
+    """True if any training augmentation is switched on."""
     return bool(self.crop_padding or self.horizontal_flip or self.rotation_degrees
                 or self.erase_probability)
 
@@ -106,3 +113,23 @@ def augment_batch(images: jax.Array, key: jax.Array, augmentation: Augmentation)
   if augmentation.erase_probability:  # A key of its own: the others draw as without it.
     images = random_erase(images, jax.random.fold_in(key, 3), augmentation.erase_probability)
   return images
+
+
+def evaluation_logits(logits_of: Callable[[jax.Array], jax.Array], images: jax.Array,
+                      test_flip: bool) -> jax.Array:
+  """Returns `logits_of(images)` [B, K], or with `test_flip` the log of the mean of the softmax
+  of the images' and of their mirrors' logits: logits whose softmax is the averaged distribution.
+
+  Images and mirrors go through one call of `logits_of` as one batch of 2B (an evaluation
+  model's output for an image does not depend on the rest of its batch): on XLA:CPU, two calls
+  of the model in one program ran 3.4x slower than one call, one call on 2B images 2x.
+  """
+  if not test_flip:
+    return logits_of(images)
+  both = logits_of(jnp.concatenate([images, jnp.flip(images, axis=2)]))
+  pair = jax.nn.log_softmax(both).reshape(2, images.shape[0], -1)
+  logits, mirrored = (jax.lax.index_in_dim(pair, i, keepdims=False) for i in (0, 1))
+  # log((p + p') / 2) from the log-probabilities, as log-sum-exp: stable, and in operations
+  # that every export format has.
+  top = jnp.maximum(logits, mirrored)
+  return top + jnp.log((jnp.exp(logits - top) + jnp.exp(mirrored - top)) / 2)

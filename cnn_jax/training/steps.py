@@ -19,7 +19,7 @@ import optax
 
 from cnn_jax import speed
 from cnn_jax.training import losses
-from cnn_jax.training.augment import Augmentation, augment_batch
+from cnn_jax.training.augment import Augmentation, augment_batch, evaluation_logits
 
 Batch = dict[str, jax.Array]
 _AUGMENT_STREAM = 1  # fold_in index deriving the augmentation key from the step's key.
@@ -85,18 +85,19 @@ def train_step_fn(model: nn.Module, tx: optax.GradientTransformation,
   return train_step
 
 
-def eval_step_fn(model: nn.Module, loss: losses.Loss = losses.cross_entropy
-                 ) -> Callable[[TrainState, Batch], Metrics]:
+def eval_step_fn(model: nn.Module, loss: losses.Loss = losses.cross_entropy,
+                 test_flip: bool = False) -> Callable[[TrainState, Batch], Metrics]:
   """Returns the pure `eval_step(state, batch) -> sums` over the real (mask = 1) examples, the
-  loss without label smoothing.
+  loss without label smoothing, of the logits `evaluation_logits` gives with `test_flip`.
 
   It returns sums, not means, so that batches of different fill add up exactly:
   {'loss_sum', 'correct', 'count'}; the caller divides once at the end.
   """
 
   def eval_step(state: TrainState, batch: Batch) -> Metrics:
-    logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                         batch['image'], train=False)
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    logits = evaluation_logits(lambda images: model.apply(variables, images, train=False),
+                              batch['image'], test_flip)
     mask = batch['mask']
     example_losses = loss(logits, batch['label'], 0.0)
     correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
@@ -136,8 +137,8 @@ def build_steps(model: nn.Module, tx: optax.GradientTransformation,
                 label_smoothing: float | jax.Array = 0.0,
                 augmentation: Augmentation = Augmentation()) -> Steps:
   """Returns the train and eval steps of `model` minimising `loss` (with `label_smoothing`) by
-  `tx`, the batches augmented as `augmentation` says, compiled as `run_speed` says (None: with
+  `tx`, the batches augmented (and evaluated) as `augmentation` says, compiled as `run_speed` says (None: with
   XLA's defaults)."""
   return Steps(train=train_step_fn(model, tx, loss, label_smoothing, augmentation),
-               eval=eval_step_fn(model, loss),
+               eval=eval_step_fn(model, loss, augmentation.test_flip),
                compiler_options=run_speed.compiler_options() if run_speed else None)

@@ -157,8 +157,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, on_eval
   members = population.member_configs(config) if config.population.size > 1 else None
   source = data.open_source(setup.data_spec(config))
   info = source.describe()
-  if config.augment.horizontal_flip and data.flip_problem(info.name):  # IDX files named by content.
-    raise UserError(data.flip_problem(info.name))
+  mirrored = data.flip_problems(info.name, config.augment)  # IDX files are named by content.
+  if mirrored:
+    raise UserError(mirrored[0])
   model = setup.build_model(config, info.num_classes, run_speed)
   models.check_fits(model, info.image_shape)
 

@@ -106,8 +106,7 @@ def config_problems(config: ml_collections.ConfigDict, num_devices: int = 1) -> 
   _check_number(p, 'augment.crop_padding', aug.crop_padding, low=0, integer=True)
   _check_number(p, 'augment.rotation_degrees', aug.rotation_degrees, low=0, high=180)
   _check_number(p, 'augment.erase_probability', aug.erase_probability, low=0, high=1)
-  if aug.horizontal_flip and data.flip_problem(d.name):
-    p.append(data.flip_problem(d.name))
+  p.extend(data.flip_problems(d.name, aug))
   ckpt = config.checkpoint
   _check_number(p, 'checkpoint.every_steps', ckpt.every_steps, low=0, integer=True)
   _check_number(p, 'checkpoint.every_minutes', ckpt.every_minutes, low=0)

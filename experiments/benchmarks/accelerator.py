@@ -18,8 +18,10 @@ downloaded, and TFDS is not needed. Four measurements, each printed as it finish
 3. Time to accuracy on the real data, as a user runs it (`train_and_evaluate`, split on the
    device): the seconds until the validation accuracy first reaches 93% (Fashion-MNIST) or 99%
    (MNIST, if --mnist_dir is given), and the test accuracy of the checkpoint chosen on
-   validation, scored once at the end. Two recipes for Fashion-MNIST: the shipped config, and a
-   ResNet that an accelerator affords.
+   validation, scored once at the end. Three recipes for Fashion-MNIST: the shipped config, a
+   ResNet that an accelerator affords, and the stretch recipe aimed at 95% test: a ResNet-18
+   (four stages of two basic blocks, 64 → 512 filters) with random erasing, label smoothing and
+   the test-time flip, 40 epochs.
 4. A population of 128 Fashion-MNIST ConvNets in one program against one model: model-images/s
    of the population's step (vmap) against the single model's step.
 
@@ -125,10 +127,24 @@ def _resnet(config):
   return config
 
 
+def _resnet18(config):
+  """The stretch recipe, aimed at 95%: ResNet-18's four stages of two basic blocks (64 → 512
+  filters, 3×3 stem for 28×28 images), with the levers of Zhong et al.'s 95.98% (random erasing
+  on half the images) and the test-time flip, AdamW with a cosine schedule over 40 epochs."""
+  config.model = ml_collections.ConfigDict({'name': 'resnet_small', 'stage_sizes': (2, 2, 2, 2),
+                                            'num_filters': 64})
+  config.optimizer.name, config.optimizer.weight_decay = 'adamw', 5e-4
+  config.optimizer.learning_rate, config.num_epochs = 2e-3, 40.0
+  config.augment.erase_probability, config.augment.test_flip = 0.5, True
+  config.label_smoothing = 0.1
+  return config
+
+
 # Measurement 3's runs: name -> (shipped config, how the recipe changes it, target accuracy).
 RECIPES = {
     'fashion_mnist': ('fashion_mnist', lambda config: config, 0.93),
     'fashion_mnist_resnet': ('fashion_mnist', _resnet, 0.93),
+    'fashion_mnist_resnet18': ('fashion_mnist', _resnet18, 0.95),
 }
 MNIST_RECIPE = ('mnist', lambda config: config, 0.99)
 
@@ -141,7 +157,7 @@ def time_to_accuracy(name: str, directory: str, recipe: tuple, quick: bool) -> d
   if quick:
     config.data.train_split, config.num_epochs = 'train[:3%]', 1.0
     if config.model.name == 'resnet_small':
-      config.model.stage_sizes, config.model.num_filters = (1,), 8
+      config.model.stage_sizes, config.model.num_filters = (1,) * len(config.model.stage_sizes), 8
   workdir = tempfile.mkdtemp()
   start = time.perf_counter()
   with contextlib.redirect_stdout(io.StringIO()):
