@@ -86,12 +86,6 @@ def load_trained(workdir: str, which: str = 'best') -> TrainedModel:
                       {'params': state.params, 'batch_stats': state.batch_stats}, described)
 
 
-def make_logits_fn(trained: TrainedModel):
-  """Returns a jitted `logits(variables, images) -> float32 [B, num_classes]` (eval mode), as
-  the run evaluated them (with its config.augment.test_flip)."""
-  return jax.jit(lambda variables, images: trained_logits(trained, variables, images))
-
-
 def trained_logits(trained: TrainedModel, variables: dict, images: jax.Array) -> jax.Array:
   """The logits of `images` as the run `trained` evaluated them: the one place, after training,
   that knows a run may average each image with its mirror (`augment.evaluation_logits`)."""
@@ -106,7 +100,7 @@ def batched_logits(trained: TrainedModel, batches: Iterable[dict[str, np.ndarray
 
   With `progress`, a tqdm bar (of `num_batches`) shows on a terminal.
   """
-  logits_fn = make_logits_fn(trained)
+  logits_fn = jax.jit(lambda variables, images: trained_logits(trained, variables, images))
   outputs = []
   for batch in tqdm(batches, total=num_batches, unit='batch', desc='predicting',
                     disable=None if progress else True):
